@@ -1,0 +1,69 @@
+"""Typed errors. The API maps ``status_code`` to the HTTP status; the UI shows ``str(error)``.
+
+Status choices:
+- ``BadRequest`` 400: the request as a whole cannot be served (malformed, contradictory).
+- ``InvalidField`` 422: one named field has a value outside what is allowed (as pydantic reports).
+- ``NotFound`` 404: a named thing (model, sampler, script, file, job) does not exist.
+- ``ModelLoadError`` 500: the request was valid and named an existing model, but loading it failed on
+  the server (corrupt file, unknown architecture, out of memory); the client cannot fix it by changing fields.
+- ``UnsafeCheckpoint`` 422: the named checkpoint is refused as content (a pickle that could run code);
+  convert it to .safetensors or start with the flag that allows unsafe pickles.
+- ``Interrupted`` 409: the job was interrupted (by the user) before it produced a result.
+"""
+
+from __future__ import annotations
+
+
+class StudioError(Exception):
+    """Base of the studio's errors: a message, an HTTP status and optionally the field at fault."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON body shaped like A1111's API errors (error, detail, body, errors) plus ``field``."""
+        return {"error": type(self).__name__, "detail": self.message, "body": "", "errors": self.message,
+                "field": self.field}
+
+
+class BadRequest(StudioError):
+    """The request cannot be served as given."""
+
+    status_code = 400
+
+
+class InvalidField(StudioError):
+    """One field's value is not allowed; the message names the field and what is allowed."""
+
+    status_code = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+
+
+class NotFound(StudioError):
+    """A named model, sampler, script, file or job does not exist."""
+
+    status_code = 404
+
+
+class ModelLoadError(StudioError):
+    """A model exists but could not be loaded (corrupt, unsupported, out of memory)."""
+
+    status_code = 500
+
+
+class UnsafeCheckpoint(ModelLoadError):
+    """A pickle checkpoint refused because loading it could execute code."""
+
+    status_code = 422
+
+
+class Interrupted(StudioError):
+    """The job was interrupted before it produced a result."""
+
+    status_code = 409

@@ -1,0 +1,300 @@
+"""Saving outputs like A1111: numbered file names, infotext in the file, atomic and never overwriting.
+
+Images are named "NNNNN-<pattern>.<ext>" (5-digit counter, 1 + the highest counter already in the folder,
+starting at 00000), grids "grid-NNNN.<ext>". A file is encoded in memory, written to a hidden temp file in
+the same folder, then hard-linked to its final name (which fails if the name exists, so nothing is ever
+overwritten) while holding an exclusive lock on the folder, so concurrent saves (threads or processes)
+get distinct counters. Where hard links are unsupported the name is reserved with O_EXCL and replaced.
+PNG carries the infotext in a text chunk "parameters"; JPEG and WebP in EXIF UserComment (unicode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import secrets
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import piexif
+import piexif.helper
+from PIL import Image, PngImagePlugin
+
+from webui.core.errors import InvalidField
+from webui.core.grids import grid_shape
+from webui.core.infotext import format_number, format_value
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder lock; os.link still never overwrites
+    fcntl = None  # type: ignore[assignment]
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+KNOWN_TOKENS = frozenset({
+    "seed", "steps", "cfg", "width", "height", "sampler", "scheduler", "model_name", "model_hash", "styles",
+    "prompt", "prompt_spaces", "prompt_words", "prompt_hash", "date", "datetime", "job_timestamp",
+    "batch_number", "generation_number", "clip_skip", "denoising", "user",
+})
+IGNORED_INFO_KEYS = frozenset({
+    "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background", "timestamp",
+    "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop", "transparency",
+    "gamma", "srgb", "aspect", "xmp",
+})
+TOKEN_RE = re.compile(r"\[(\w+)((?:<[^>]*>){0,2})\]")
+INVALID_CHARS = {ord(c): "_" for c in '<>:"/\\|?*'} | {c: "_" for c in [*range(32), 127]}
+MAX_NAME_CHARS = 128
+MAX_NAME_BYTES = 200
+DEFAULT_DATETIME = "%Y%m%d%H%M%S"
+
+
+def date_folder(root: Path, kind: str, now: datetime | None = None) -> Path:
+    """``root/kind/YYYY-MM-DD`` (e.g. outputs/txt2img-images/2024-05-01); not created here."""
+    if not kind or kind in (".", "..") or any(c in kind for c in "/\\"):
+        raise ValueError(f"output kind must be one folder name, got {kind!r}")
+    return Path(root) / kind / (now or datetime.now()).strftime("%Y-%m-%d")
+
+
+def sanitize_filename_part(text: str, replace_spaces: bool = False) -> str:
+    """Text safe inside a file name: invalid and control characters become "_", length is capped."""
+    if replace_spaces:
+        text = text.replace(" ", "_")
+    text = text.translate(INVALID_CHARS).lstrip(" ")[:MAX_NAME_CHARS]
+    while len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        text = text[:-1]
+    return text.rstrip(" .")
+
+
+def _datetime_text(now: datetime, fmt: str = "", tz: str = "") -> str:
+    try:
+        zone = ZoneInfo(tz) if tz else None
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = None
+    moment = now.astimezone(zone) if zone else now
+    try:
+        return moment.strftime(fmt or DEFAULT_DATETIME)
+    except ValueError:
+        return moment.strftime(DEFAULT_DATETIME)
+
+
+def expand_pattern(pattern: str, tokens: Mapping[str, object] | None = None, now: datetime | None = None,
+                   max_prompt_words: int = 8) -> str:
+    """Expand A1111 file name tokens ("[seed]-[prompt_words]") into a sanitised name part.
+
+    Tokens: [seed] [steps] [cfg] [width] [height] [sampler] [scheduler] [model_name] [model_hash] [styles]
+    [prompt] (spaces -> "_") [prompt_spaces] [prompt_words] (first ``max_prompt_words`` words) [prompt_hash]
+    (8 hex of sha256) [date] [datetime] [datetime<%Y%m%d><Europe/Paris>] [job_timestamp] and any other key
+    of ``tokens``. Case-insensitive. A known token with no value expands to nothing; an unknown one is kept.
+    """
+    values = {str(k).lower(): v for k, v in (tokens or {}).items()}
+    now = now or datetime.now()
+    prompt = str(values.get("prompt") or "")
+
+    def replace(match: re.Match[str]) -> str:
+        name, args = match.group(1).lower(), re.findall(r"<([^>]*)>", match.group(2))
+        if name == "datetime":
+            return _datetime_text(now, *args)
+        if name == "date":
+            return now.date().isoformat()
+        if name.startswith("prompt") and name in KNOWN_TOKENS:
+            if not prompt:
+                return ""
+            if name == "prompt_words":
+                return " ".join(re.findall(r"[^\W_]+", prompt)[:max_prompt_words])
+            if name == "prompt_hash":
+                return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
+            return prompt.replace(" ", "_") if name == "prompt" else prompt
+        value = values.get(name)
+        if value is None:
+            return "" if name in KNOWN_TOKENS else match.group(0)
+        if isinstance(value, (list, tuple)):
+            return ", ".join(format_value(v) for v in value)
+        return format_number(value) if isinstance(value, float) else format_value(value)
+
+    text = sanitize_filename_part(TOKEN_RE.sub(replace, pattern))
+    return text.strip(" -_.")
+
+
+def next_counter(folder: Path, prefix: str = "") -> int:
+    """1 + the highest counter among names "<prefix>NNNN..." in ``folder`` (0 when there is none)."""
+    best = -1
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            head = os.path.splitext(entry.name[len(prefix):])[0].split("-")[0]
+            if head.isascii() and head.isdigit():
+                best = max(best, int(head))
+    return best + 1
+
+
+def _exif_with_comment(text: str) -> bytes:
+    return piexif.dump({"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(text, encoding="unicode")}})
+
+
+def encode_image(image: Image.Image, infotext: str | None, fmt: str = "png", jpeg_quality: int = 95,
+                 extra_info: Mapping[str, str] | None = None) -> bytes:
+    """The image file's bytes with the infotext embedded (also what the API base64-encodes)."""
+    pil_format = FORMATS.get(fmt.lower())
+    if pil_format is None:
+        raise InvalidField("samples_format", f"{fmt!r} is not a supported image format; use one of {sorted(FORMATS)}")
+    buffer = io.BytesIO()
+    if pil_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in (extra_info or {}).items():
+            info.add_text(key, str(value))
+        if infotext is not None:
+            info.add_text("parameters", infotext)
+        image.save(buffer, "PNG", pnginfo=info)
+        return buffer.getvalue()
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    wanted = "RGBA" if pil_format == "WEBP" and has_alpha else "RGB"
+    if image.mode != wanted and not (pil_format == "JPEG" and image.mode == "L"):
+        image = image.convert(wanted)
+    kwargs: dict[str, object] = {"quality": jpeg_quality}
+    if infotext is not None:
+        kwargs["exif"] = _exif_with_comment(infotext)
+    image.save(buffer, pil_format, **kwargs)
+    return buffer.getvalue()
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on the folder itself (flock on its descriptor), across threads and processes."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_temp(folder: Path, data: bytes) -> Path:
+    path = folder / f".{secrets.token_hex(8)}.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    return path
+
+
+def _place(temp: Path, target: Path) -> bool:
+    """Give ``temp``'s content the name ``target`` unless that name exists; True on success."""
+    try:
+        os.link(temp, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here: reserve the name, then replace the (empty, ours) reservation
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return False
+        os.replace(temp, target)
+        return True
+
+
+def _save_new(folder: Path, files: Sequence[tuple[str, bytes]], prefix: str,
+              name: Callable[[int], str]) -> Path:
+    """Save ``files`` (suffix, bytes) under the first free counter; returns the first file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temps = [_write_temp(folder, data) for _, data in files]
+    try:
+        with _folder_lock(folder):
+            counter = next_counter(folder, prefix)
+            for _ in range(10_000):
+                stem = name(counter)
+                counter += 1
+                targets = [folder / f"{stem}{suffix}" for suffix, _ in files]
+                if any(t.exists() for t in targets[1:]) or not _place(temps[0], targets[0]):
+                    continue
+                for temp, target in zip(temps[1:], targets[1:], strict=True):
+                    if not _place(temp, target):
+                        raise FileExistsError(f"{target} appeared while saving")
+                return targets[0]
+            raise FileExistsError(f"no free file name in {folder}")
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def save_image(image: Image.Image, folder: Path, infotext: str | None, *, tokens: Mapping[str, object] | None = None,
+               pattern: str = "[seed]", fmt: str = "png", jpeg_quality: int = 95,
+               extra_info: Mapping[str, str] | None = None, sidecar_txt: bool = False,
+               now: datetime | None = None) -> Path:
+    """Save as ``folder/NNNNN-<pattern>.<fmt>`` (e.g. 00012-1234.png); returns the new file's path.
+
+    ``tokens`` fills the pattern (see ``expand_pattern``), e.g. {"seed": 1234, "prompt": ..., "steps": 20}.
+    ``extra_info``: more PNG text chunks. ``sidecar_txt``: also write the infotext to NNNNN-....txt.
+    """
+    decoration = expand_pattern(pattern, tokens, now)
+    files = [(f".{fmt.lower()}", encode_image(image, infotext, fmt, jpeg_quality, extra_info))]
+    if sidecar_txt and infotext is not None:
+        files.append((".txt", f"{infotext}\n".encode()))
+    return _save_new(Path(folder), files, "", lambda n: f"{n:05d}-{decoration}" if decoration else f"{n:05d}")
+
+
+def save_grid(image: Image.Image, folder: Path, infotext: str | None, *, fmt: str = "png", jpeg_quality: int = 95,
+              tokens: Mapping[str, object] | None = None, pattern: str = "", now: datetime | None = None) -> Path:
+    """Save a grid as ``folder/grid-NNNN.<fmt>`` (4-digit counter, own sequence); returns the path."""
+    decoration = expand_pattern(pattern, tokens, now)
+    files = [(f".{fmt.lower()}", encode_image(image, infotext, fmt, jpeg_quality))]
+    return _save_new(Path(folder), files, "grid-",
+                     lambda n: f"grid-{n:04d}-{decoration}" if decoration else f"grid-{n:04d}")
+
+
+def _info_value(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="ignore")
+    return value if isinstance(value, str | int | float | bool) else str(value)
+
+
+def _read(image: Image.Image) -> tuple[str | None, dict[str, object]]:
+    items: dict[str, object] = dict(image.info or {})
+    items.update(getattr(image, "text", None) or {})  # PNG text chunks, also those after the image data
+    geninfo = items.pop("parameters", None)
+    if "exif" in items:
+        try:
+            raw = piexif.load(items["exif"]).get("Exif", {}).get(piexif.ExifIFD.UserComment, b"")
+        except (ValueError, OSError, struct.error):
+            raw = b""
+        try:
+            comment = piexif.helper.UserComment.load(raw) if raw else ""
+        except ValueError:
+            comment = raw.decode("utf-8", errors="ignore")
+        if comment:
+            items["exif comment"] = geninfo = comment
+    elif geninfo is None and isinstance(items.get("comment"), bytes | str):  # GIF
+        geninfo = str(_info_value(items["comment"]))
+    items = {k: _info_value(v) for k, v in items.items() if k.lower() not in IGNORED_INFO_KEYS}
+    return (str(geninfo) if geninfo is not None else None), items
+
+
+def read_infotext(source: str | os.PathLike[str] | Image.Image) -> tuple[str | None, dict[str, object]]:
+    """(the "parameters" text or EXIF UserComment, the other info items) of an image or image file."""
+    if isinstance(source, Image.Image):
+        return _read(source)
+    with Image.open(source) as image:
+        return _read(image)
+
+
+def make_grid(images: Sequence[Image.Image], rows: int | None = None, *, batch_size: int = 1,
+              prevent_empty_spots: bool = False, background: str = "black") -> Image.Image:
+    """Paste images into a grid (rows as in ``grid_shape``); cells take the largest size, images centred."""
+    n_rows, cols = grid_shape(len(images), rows, batch_size=batch_size, prevent_empty_spots=prevent_empty_spots)
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    mode = "RGBA" if any(im.mode in ("RGBA", "LA", "PA") for im in images) else "RGB"
+    grid = Image.new(mode, (cols * w, n_rows * h), background)
+    for i, im in enumerate(images):
+        grid.paste(im.convert(mode), (i % cols * w + (w - im.width) // 2, i // cols * h + (h - im.height) // 2))
+    return grid

@@ -4,8 +4,8 @@ Status choices:
 - ``BadRequest`` 400: the request as a whole cannot be served (malformed, contradictory).
 - ``InvalidField`` 422: one named field has a value outside what is allowed (as pydantic reports).
 - ``NotFound`` 404: a named thing (model, sampler, script, file, job) does not exist.
-- ``ModelLoadError`` 500: the request was valid and named an existing model, but loading it failed on
-  the server (corrupt file, unknown architecture, out of memory); the client cannot fix it by changing fields.
+- ``ModelLoadError`` 422: the request named an existing model, but its file cannot be loaded
+  (corrupt or truncated file, unknown architecture): the client must pick another model.
 - ``UnsafeCheckpoint`` 422: the named checkpoint is refused as content (a pickle that could run code);
   convert it to .safetensors or start with the flag that allows unsafe pickles.
 - ``Interrupted`` 409: the job was interrupted (by the user) before it produced a result.
@@ -54,7 +54,7 @@ class NotFound(StudioError):
 class ModelLoadError(StudioError):
     """A model exists but could not be loaded (corrupt, unsupported, out of memory)."""
 
-    status_code = 500
+    status_code = 422
 
 
 class UnsafeCheckpoint(ModelLoadError):

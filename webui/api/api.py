@@ -1,0 +1,220 @@
+"""The A1111-compatible HTTP API: /sdapi/v1/*. Each route is a thin call into the engine."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from webui.core import infotext as infotext_fmt
+from webui.core import samplers as core_samplers
+from webui.core.errors import BadRequest, InvalidField, StudioError
+from webui.core.request import fields_from_infotext
+from webui.engine import samplers as engine_samplers
+from webui.engine import saving
+from webui.engine.processing import Engine, result_json
+from webui.api.models import Txt2ImgRequest, to_request
+
+
+class PngInfoRequest(BaseModel):
+    image: str = ""
+
+
+def decode_image(data: str, field: str = "image") -> Image.Image:
+    """A PIL image from base64 (a data-URL prefix is accepted); InvalidField when it is not one."""
+    if not isinstance(data, str) or not data.strip():
+        raise InvalidField(field, "no image given (base64 PNG, JPEG or WebP expected)")
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidField(field, "not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise InvalidField(field, "base64 decoded, but it is not an image (PNG, JPEG or WebP expected)") from None
+    return image
+
+
+def encode_png(image: Image.Image, text: str | None) -> str:
+    return base64.b64encode(saving.encode_image(image, text, "png")).decode("ascii")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StudioError)
+    async def studio_error(_request: Request, exc: StudioError):
+        return JSONResponse(exc.as_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        parts = []
+        for e in errors:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{loc or 'body'}: {e.get('msg')}")
+        detail = "; ".join(parts) or "invalid request"
+        if any(e.get("type") == "json_invalid" for e in errors):
+            detail = "malformed JSON body: " + detail
+        return JSONResponse({"error": "InvalidField", "detail": detail, "body": "", "errors": parts,
+                             "field": parts[0].split(":")[0] if parts else None}, status_code=422)
+
+
+def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
+    r = APIRouter(prefix="/sdapi/v1")
+    models = engine.models
+    settings = engine.settings
+
+    @r.post("/txt2img")
+    def txt2img(body: Txt2ImgRequest):
+        req = to_request(body)
+        if body.infotext:
+            filled = fields_from_infotext(infotext_fmt.parse_infotext(body.infotext))
+            for key, value in filled.items():
+                if key == "override_settings":
+                    merged = dict(value)
+                    if "sd_model_checkpoint" in merged and not _resolvable(models, merged["sd_model_checkpoint"]):
+                        merged.pop("sd_model_checkpoint")
+                    merged.update(req.override_settings)
+                    req.override_settings = merged
+                elif key not in body.model_fields_set:
+                    setattr(req, key, value)
+        result = engine.txt2img(req, save=bool(req.save_images))
+        images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] \
+            if req.send_images else []
+        return {"images": images, "parameters": body.model_dump(), "info": result_json(result)}
+
+    @r.get("/progress")
+    def progress(skip_current_image: bool = False):
+        job = engine.jobs.current
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                    "current_task": None,
+                    "state": {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
+                              "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
+        p = job.progress
+        import time
+        elapsed = time.time() - p.started if p.started else 0.0
+        frac = p.fraction
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        image = None
+        if p.preview is not None and not skip_current_image:
+            image = encode_png(p.preview, None)
+        return {"progress": frac, "eta_relative": eta, "current_image": image, "textinfo": p.textinfo,
+                "current_task": job.id,
+                "state": {"skipped": job.skipped, "interrupted": job.interrupted, "job": p.job,
+                          "job_count": p.job_count, "job_timestamp": "0", "job_no": p.job_no,
+                          "sampling_step": p.sampling_step, "sampling_steps": p.sampling_steps}}
+
+    @r.post("/interrupt")
+    def interrupt():
+        engine.jobs.interrupt()
+        return {}
+
+    @r.post("/skip")
+    def skip():
+        engine.jobs.skip()
+        return {}
+
+    @r.get("/options")
+    def get_options():
+        return settings.as_dict()
+
+    @r.post("/options")
+    def set_options(body: dict[str, Any]):
+        if not isinstance(body, dict):
+            raise BadRequest("options must be a JSON object")
+        ckpt = body.get("sd_model_checkpoint")
+        if ckpt:
+            info = models.find(ckpt)   # NotFound (404) names the valid checkpoints
+            engine.jobs.run(lambda job: models.get(info.title), "load checkpoint")
+            body = {**body, "sd_model_checkpoint": info.title}
+        try:
+            settings.update(body)
+        except ValueError as e:
+            raise InvalidField(str(e).split(" ")[0], str(e)) from None
+        return None
+
+    @r.get("/cmd-flags")
+    def flags():
+        return cmd_flags
+
+    @r.get("/sd-models")
+    def sd_models():
+        return [{"title": c.title, "model_name": c.model_name, "hash": c.shorthash, "sha256": c.sha256,
+                 "filename": str(c.filename), "config": None, "error": c.error} for c in models.checkpoints]
+
+    @r.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        models.refresh()
+        return None
+
+    @r.post("/unload-checkpoint")
+    def unload_checkpoint():
+        engine.jobs.run(lambda job: models.unload(), "unload")
+        return {}
+
+    @r.post("/reload-checkpoint")
+    def reload_checkpoint():
+        engine.jobs.run(lambda job: models.get(None), "load checkpoint")
+        return {}
+
+    @r.get("/samplers")
+    def samplers():
+        out = []
+        for s in core_samplers.SAMPLERS:
+            if s.name in engine_samplers.available():
+                out.append({"name": s.name, "aliases": list(s.aliases),
+                            "options": {"scheduler": s.default_schedule} if s.default_schedule != "automatic"
+                            else {}})
+        return out
+
+    @r.get("/schedulers")
+    def schedulers():
+        return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for name, label in core_samplers.SCHEDULES]
+
+    @r.get("/sd-vae")
+    def sd_vae():
+        return []
+
+    @r.get("/prompt-styles")
+    def prompt_styles():
+        return []
+
+    @r.get("/memory")
+    def memory():
+        return models.memory()
+
+    @r.post("/png-info")
+    def png_info(body: PngInfoRequest):
+        image = decode_image(body.image)
+        text, items = saving.read_infotext(image)
+        parsed = infotext_fmt.parse_infotext(text) if text else {}
+        return {"info": text or "", "items": items, "parameters": parsed}
+
+    return r
+
+
+def _resolvable(models, name: str) -> bool:
+    try:
+        models.find(name)
+        return True
+    except StudioError:
+        return False
+
+
+def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any]) -> None:
+    install_error_handlers(app)
+    app.include_router(build_router(engine, cmd_flags))
+
+
+__all__ = ["mount_api", "decode_image", "encode_png", "json"]

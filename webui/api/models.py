@@ -1,0 +1,35 @@
+"""Pydantic models for the API, built from the core request type (one truth for the schema)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from pydantic import ConfigDict, Field, create_model
+
+from webui.core.request import GenerationRequest
+
+
+def _fields_of(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = (hints[f.name] | None, Field(default_factory=f.default_factory))
+        else:
+            out[f.name] = (hints[f.name], f.default)
+    return out
+
+
+Txt2ImgRequest = create_model("StableDiffusionProcessingTxt2Img", __config__=ConfigDict(extra="ignore"),
+                              **_fields_of(GenerationRequest))
+
+
+def to_request(body) -> GenerationRequest:
+    """The core request from a validated API body (lists and dicts that came as null get their defaults)."""
+    data = {}
+    for f in dataclasses.fields(GenerationRequest):
+        value = getattr(body, f.name)
+        if value is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        data[f.name] = value
+    return GenerationRequest(**data)

@@ -1,0 +1,61 @@
+"""Where the studio's files live, derived once from the flags."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIGS = REPO_ROOT / "webui" / "models" / "configs"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: Path
+    checkpoints: tuple[Path, ...]
+    lora: Path
+    embeddings: Path
+    vae: Path
+    controlnet: Path
+    esrgan: Path
+    extensions: Path
+    outputs: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.data / "config.json"
+
+    @property
+    def hash_cache(self) -> Path:
+        return self.data / "cache.json"
+
+    @property
+    def styles_file(self) -> Path:
+        return self.data / "styles.csv"
+
+    @classmethod
+    def from_flags(cls, args) -> "Paths":
+        data = Path(args.data_dir).resolve() if getattr(args, "data_dir", None) else REPO_ROOT
+        models = data / "models"
+        ckpts = [models / "Stable-diffusion"]
+        if getattr(args, "ckpt_dir", None):
+            ckpts.append(Path(args.ckpt_dir).resolve())
+        # The bundled model ships in the repository; a separate data dir still sees it.
+        bundled = REPO_ROOT / "models" / "Stable-diffusion"
+        if bundled not in ckpts:
+            ckpts.append(bundled)
+
+        def pick(flag: str, default: Path) -> Path:
+            value = getattr(args, flag, None)
+            return Path(value).resolve() if value else default
+
+        return cls(
+            data=data,
+            checkpoints=tuple(ckpts),
+            lora=pick("lora_dir", models / "Lora"),
+            embeddings=pick("embeddings_dir", data / "embeddings"),
+            vae=pick("vae_dir", models / "VAE"),
+            controlnet=models / "ControlNet",
+            esrgan=models / "ESRGAN",
+            extensions=data / "extensions",
+            outputs=data / "outputs",
+        )

@@ -1,0 +1,137 @@
+"""Settings stored in config.json: typed defaults, validation, atomic saving."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    label: str
+    section: str = "Saving images"
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def _defs() -> dict[str, Setting]:
+    s = Setting
+    return {
+        "sd_model_checkpoint": s("", "Stable Diffusion checkpoint", "Stable Diffusion"),
+        "sd_checkpoints_limit": s(1, "Checkpoints kept loaded (RAM cache size)", "Stable Diffusion", minimum=1, maximum=10),
+        "sd_vae": s("Automatic", "SD VAE", "Stable Diffusion"),
+        "CLIP_stop_at_last_layers": s(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
+        "eta_ancestral": s(1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
+        "eta_noise_seed_delta": s(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),
+        "randn_source": s("GPU", "Random number generator source", "Stable Diffusion", choices=("GPU", "CPU")),
+        "samples_save": s(True, "Always save all generated images"),
+        "samples_format": s("png", "File format for images", choices=("png", "jpg", "jpeg", "webp")),
+        "samples_filename_pattern": s("", "Images filename pattern ([seed] when empty)"),
+        "save_to_dirs": s(True, "Save images to a subdirectory"),
+        "directories_filename_pattern": s("[date]", "Directory name pattern"),
+        "grid_save": s(True, "Always save all generated image grids"),
+        "grid_format": s("png", "File format for grids", choices=("png", "jpg", "jpeg", "webp")),
+        "return_grid": s(True, "Show grid in gallery"),
+        "jpeg_quality": s(80, "Quality for saved jpeg and webp images", minimum=1, maximum=100),
+        "outdir_samples": s("", "Output directory for images; if empty, the per-tab folders below", "Paths for saving"),
+        "outdir_txt2img_samples": s("outputs/txt2img-images", "Output directory for txt2img images", "Paths for saving"),
+        "outdir_img2img_samples": s("outputs/img2img-images", "Output directory for img2img images", "Paths for saving"),
+        "outdir_extras_samples": s("outputs/extras-images", "Output directory for images from extras tab", "Paths for saving"),
+        "outdir_txt2img_grids": s("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving"),
+        "outdir_img2img_grids": s("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving"),
+        "live_previews_enable": s(True, "Show live previews of the created image", "Live previews"),
+        "show_progress_every_n_steps": s(5, "Live preview display period (steps)", "Live previews", minimum=1, maximum=100),
+        "show_progress_type": s("Full", "Live preview method", "Live previews", choices=("Full", "Approx cheap")),
+        "max_batch_size": s(8, "Largest batch size a request may ask for", "Limits", minimum=1, maximum=64),
+        "max_batch_count": s(100, "Largest batch count a request may ask for", "Limits", minimum=1, maximum=10000),
+        "max_image_side": s(2048, "Largest width or height a request may ask for", "Limits", minimum=64, maximum=8192),
+    }
+
+
+class Settings:
+    """The studio's settings; one instance, built by app.py and passed down."""
+
+    def __init__(self, path: Path | None, values: dict[str, Any] | None = None):
+        self.path = path
+        self.defs = _defs()
+        self._lock = threading.Lock()
+        self._values = {k: d.default for k, d in self.defs.items()}
+        if path is not None and path.exists():
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                stored = {}
+            # Unknown keys (from extensions or A1111) are kept so saving never loses them.
+            self._values.update({k: v for k, v in stored.items()})
+        if values:
+            self._values.update(values)
+
+    def add(self, key: str, setting: Setting) -> None:
+        """Register a setting (extensions' on_ui_settings)."""
+        self.defs[key] = setting
+        self._values.setdefault(key, setting.default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._values)
+
+    def validate(self, key: str, value: Any) -> Any:
+        """The value coerced to the setting's type; ValueError with a message when it does not fit."""
+        d = self.defs.get(key)
+        if d is None:
+            return value
+        kind = type(d.default)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+        elif kind in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{key} must be a number")
+            if kind is int and float(value) != int(value):
+                raise ValueError(f"{key} must be a whole number")
+            value = kind(value)
+            if d.minimum is not None and value < d.minimum or d.maximum is not None and value > d.maximum:
+                raise ValueError(f"{key} must be between {d.minimum} and {d.maximum}")
+        elif kind is str and not isinstance(value, str):
+            raise ValueError(f"{key} must be a string")
+        if d.choices and value not in d.choices:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, d.choices))}")
+        return value
+
+    def update(self, changes: dict[str, Any], save: bool = True) -> list[str]:
+        """Validate all, then apply all (nothing applied when one fails); returns changed keys."""
+        checked = {k: self.validate(k, v) for k, v in changes.items()}
+        with self._lock:
+            changed = [k for k, v in checked.items() if self._values.get(k) != v]
+            self._values.update(checked)
+            if save:
+                self._save_locked()
+        return changed
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """A copy of the values with per-request overrides applied (never saved)."""
+        values = self.as_dict()
+        for k, v in (overrides or {}).items():
+            values[k] = self.validate(k, v)
+        return values
+
+    def _save_locked(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".config-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self._values, f, indent=4, ensure_ascii=False)
+        os.replace(tmp, self.path)

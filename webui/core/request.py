@@ -1,0 +1,204 @@
+"""The one request type: its fields are the API schema, the infotext keys and the UI's paste targets."""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from webui.core import samplers
+from webui.core.errors import InvalidField
+
+VERSION = "studio-0.1.0"
+MAX_SEED = 4294967294
+
+
+@dataclass
+class GenerationRequest:
+    """A txt2img request with A1111's field names and API defaults (the UI sets its own, e.g. steps=20)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    tiling: bool | None = None
+    restore_faces: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = 0.75
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] = field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = field(default_factory=dict)
+    infotext: str | None = None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.repr]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_side: int = 2048
+
+
+def resolve_seed(seed: int | float | None) -> int:
+    """-1 (or None) draws a random seed in [0, 4294967294) as A1111 does."""
+    if seed is None or int(seed) == -1:
+        return random.randrange(MAX_SEED)
+    return int(seed)
+
+
+def validate(req: GenerationRequest, limits: Limits) -> tuple[str, str]:
+    """Check the fields; returns the (sampler, schedule) pair. Raises InvalidField naming what is allowed."""
+    for name in ("width", "height"):
+        v = getattr(req, name)
+        if not isinstance(v, int) or v % 8 or not 64 <= v <= limits.max_side:
+            raise InvalidField(name, f"{name} must be a multiple of 8 between 64 and {limits.max_side}, got {v!r}")
+    if not isinstance(req.steps, int) or not 1 <= req.steps <= 500:
+        raise InvalidField("steps", f"steps must be a whole number from 1 to 500, got {req.steps!r}")
+    if not 0 <= req.cfg_scale <= 100:
+        raise InvalidField("cfg_scale", f"cfg_scale must be between 0 and 100, got {req.cfg_scale!r}")
+    if not 1 <= req.batch_size <= limits.max_batch_size:
+        raise InvalidField("batch_size",
+                           f"batch_size must be from 1 to {limits.max_batch_size} (setting max_batch_size), "
+                           f"got {req.batch_size!r}")
+    if not 1 <= req.n_iter <= limits.max_batch_count:
+        raise InvalidField("n_iter", f"n_iter must be from 1 to {limits.max_batch_count}, got {req.n_iter!r}")
+    if not 0 <= req.subseed_strength <= 1:
+        raise InvalidField("subseed_strength", "subseed_strength must be between 0 and 1")
+    for name in ("seed", "subseed"):
+        v = getattr(req, name)
+        if not -1 <= v <= 2**32 - 1:
+            raise InvalidField(name, f"{name} must be -1 (random) or from 0 to {2**32 - 1}, got {v!r}")
+    name = req.sampler_name or req.sampler_index or "Euler"
+    field_name = "sampler_name" if req.sampler_name else "sampler_index"
+    try:
+        return samplers.split_sampler(name, req.scheduler)
+    except ValueError as e:
+        bad_field = "scheduler" if "schedule" in str(e) else field_name
+        raise InvalidField(bad_field, str(e)) from None
+
+
+def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed: int, subseed: int,
+                    model_name: str, model_hash: str | None, clip_skip: int = 1,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The "Key: value" pairs of one image's infotext, in A1111's order."""
+    p: dict[str, Any] = {
+        "Steps": req.steps,
+        "Sampler": sampler,
+        "Schedule type": samplers.schedule_label(schedule),
+        "CFG scale": req.cfg_scale,
+        "Seed": seed,
+        "Size": f"{req.width}x{req.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+    }
+    if req.subseed_strength > 0:
+        p["Variation seed"] = subseed
+        p["Variation seed strength"] = req.subseed_strength
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        p["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    if clip_skip > 1:
+        p["Clip skip"] = clip_skip
+    p.update(extra or {})
+    p["Version"] = VERSION
+    return p
+
+
+# Infotext key -> (request field, type) for "paste parameters" and the API's infotext field.
+_INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
+    "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str),
+    "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Denoising strength": ("denoising_strength", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str),
+}
+
+
+def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
+    """Request fields (and override_settings) from a parsed infotext dict."""
+    out: dict[str, Any] = {}
+    if "Prompt" in parsed:
+        out["prompt"] = parsed["Prompt"]
+    if "Negative prompt" in parsed:
+        out["negative_prompt"] = parsed["Negative prompt"]
+    for key, (name, kind) in _INFOTEXT_FIELDS.items():
+        if key in parsed and parsed[key] not in (None, ""):
+            try:
+                out[name] = kind(float(parsed[key])) if kind is int else kind(parsed[key])
+            except ValueError:
+                continue
+    size = str(parsed.get("Size", ""))
+    if "x" in size:
+        w, _, h = size.partition("x")
+        if w.strip().isdigit() and h.strip().isdigit():
+            out["width"], out["height"] = int(w), int(h)
+    resize = str(parsed.get("Seed resize from", ""))
+    if "x" in resize:
+        w, _, h = resize.partition("x")
+        if w.strip().lstrip("-").isdigit() and h.strip().lstrip("-").isdigit():
+            out["seed_resize_from_w"], out["seed_resize_from_h"] = int(w), int(h)
+    overrides: dict[str, Any] = {}
+    if parsed.get("Clip skip"):
+        try:
+            overrides["CLIP_stop_at_last_layers"] = int(parsed["Clip skip"])
+        except ValueError:
+            pass
+    if parsed.get("Model"):
+        overrides["sd_model_checkpoint"] = str(parsed["Model"])
+    if overrides:
+        out["override_settings"] = overrides
+    return out

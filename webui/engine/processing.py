@@ -1,0 +1,249 @@
+"""The engine: typed requests in, images with their infotext out. The UI and the API both call this."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from webui.config.paths import Paths
+from webui.config.settings import Settings
+from webui.core import infotext as infotext_fmt
+from webui.core.errors import InvalidField, NotFound, StudioError
+from webui.core.request import VERSION, GenerationRequest, Limits, infotext_params, resolve_seed, validate
+from webui.engine import conditioning, noise, sampling, saving
+from webui.engine import samplers as engine_samplers
+from webui.engine.jobs import Job, JobQueue
+from webui.models.manager import LoadedModel, ModelManager
+
+
+@dataclass
+class GenerationResult:
+    images: list                    # PIL images; the grid first when one was made
+    infotexts: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+    request: GenerationRequest
+    model: str
+    model_hash: str | None
+    sampler: str
+    schedule: str
+    index_of_first_image: int = 0
+    saved: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    job_timestamp: str = ""
+    clip_skip: int = 1
+    interrupted: bool = False
+
+    def info(self) -> dict[str, Any]:
+        """The API's "info" object (A1111's js())."""
+        r = self.request
+        return {
+            "prompt": r.prompt, "all_prompts": self.prompts, "negative_prompt": r.negative_prompt,
+            "all_negative_prompts": self.negative_prompts, "seed": self.seeds[0] if self.seeds else r.seed,
+            "all_seeds": self.seeds, "subseed": self.subseeds[0] if self.subseeds else r.subseed,
+            "all_subseeds": self.subseeds, "subseed_strength": r.subseed_strength,
+            "width": r.width, "height": r.height, "sampler_name": self.sampler,
+            "scheduler": self.schedule, "cfg_scale": r.cfg_scale, "steps": r.steps,
+            "batch_size": r.batch_size, "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": self.model, "sd_model_hash": self.model_hash, "sd_vae_name": None,
+            "sd_vae_hash": None, "seed_resize_from_w": r.seed_resize_from_w,
+            "seed_resize_from_h": r.seed_resize_from_h, "denoising_strength": r.denoising_strength,
+            "extra_generation_params": {}, "index_of_first_image": self.index_of_first_image,
+            "infotexts": self.infotexts, "styles": r.styles, "job_timestamp": self.job_timestamp,
+            "clip_skip": self.clip_skip, "is_using_inpainting_conditioning": False,
+            "version": VERSION, "notes": self.notes,
+            "interrupted": self.interrupted,
+        }
+
+
+class Engine:
+    def __init__(self, settings: Settings, paths: Paths, models: ModelManager, jobs: JobQueue | None = None):
+        self.settings = settings
+        self.paths = paths
+        self.models = models
+        self.jobs = jobs or JobQueue()
+
+    # -- faces call these ------------------------------------------------------------------------------------
+    def submit_txt2img(self, req: GenerationRequest, *, save: bool = True) -> Job:
+        """Validate now (so bad input fails before queueing), then queue the job."""
+        opts, sampler, schedule = self.prepare(req)
+        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save), "txt2img")
+
+    def txt2img(self, req: GenerationRequest, *, save: bool = True) -> GenerationResult:
+        return self.submit_txt2img(req, save=save).wait()
+
+    def prepare(self, req: GenerationRequest) -> tuple[dict, str, str]:
+        """Checks that need no model: fields, settings overrides, sampler and schedule, checkpoint name."""
+        try:
+            opts = self.settings.with_overrides(req.override_settings)
+        except ValueError as e:
+            raise InvalidField("override_settings", str(e)) from None
+        limits = Limits(int(opts["max_batch_size"]), int(opts["max_batch_count"]), int(opts["max_image_side"]))
+        sampler, schedule = validate(req, limits)
+        if sampler not in engine_samplers.available():
+            raise InvalidField("sampler_name", f"unknown sampler {sampler!r}; valid: "
+                                               f"{', '.join(engine_samplers.available())}")
+        if not engine_samplers.supports(sampler, engine_samplers.effective_schedule(sampler, schedule)):
+            engine_samplers.make_scheduler(sampler, schedule, {})  # raises the message naming valid choices
+        try:
+            self.models.find(opts.get("sd_model_checkpoint") or None)
+        except NotFound as e:
+            raise InvalidField("sd_model_checkpoint", str(e)) from None
+        return opts, sampler, schedule
+
+    # -- the job ---------------------------------------------------------------------------------------------
+    def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
+                 save: bool) -> GenerationResult:
+        model = self.models.get(opts.get("sd_model_checkpoint") or None)
+        pipe = model.pipe
+        device = model.placement.device
+        clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
+        total = req.batch_size * req.n_iter
+        seed = resolve_seed(req.seed)
+        subseed = resolve_seed(req.subseed)
+        seeds = [seed + i for i in range(total)]
+        subseeds = [subseed + i for i in range(total)] if req.subseed_strength > 0 else [subseed] * total
+        prompts = [req.prompt] * total
+        negatives = [req.negative_prompt] * total
+        res = GenerationResult([], [], seeds, subseeds, prompts, negatives, req, model.info.model_name,
+                               model.info.shorthash, sampler, schedule,
+                               job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
+        res.notes.extend(model.notes)
+        job.progress.job = "txt2img"
+        job.progress.job_count = req.n_iter
+        job.progress.sampling_steps = req.steps
+        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        latent_shape = (pipe.unet.config.in_channels, req.height // scale, req.width // scale)
+        resize_from = None
+        if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+            resize_from = (req.seed_resize_from_w // scale, req.seed_resize_from_h // scale)
+        preview_every = int(opts.get("show_progress_every_n_steps", 5)) if opts.get("live_previews_enable") else 0
+        min_chunks = max(len(conditioning.chunk_ids(pipe.tokenizer, p)) for p in {req.prompt, req.negative_prompt})
+        encoded: dict[tuple[str, ...], conditioning.Cond] = {}
+
+        def cond_for(texts: list[str]) -> conditioning.Cond:
+            key = tuple(texts)
+            if key not in encoded:  # one encoding per job unless prompts differ per batch
+                encoded[key] = conditioning.encode(pipe, model.family, texts, clip_skip, min_chunks)
+            return encoded[key]
+
+        images: list = []
+        for n in range(req.n_iter):
+            if job.interrupted:
+                res.interrupted = True
+                break
+            job.skipped = False
+            job.progress.job_no = n
+            job.progress.sampling_step = 0
+            sl = slice(n * req.batch_size, (n + 1) * req.batch_size)
+            latents, gens = noise.initial_noise(seeds[sl], latent_shape, device, str(opts.get("randn_source")),
+                                                subseeds[sl], req.subseed_strength, resize_from)
+            noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
+            scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config))
+            plan = sampling.SamplingPlan(
+                scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale, cond=cond_for(prompts[sl]),
+                uncond=cond_for(negatives[sl]), generators=gens,
+                eta=req.eta)
+            if model.is_sdxl:
+                ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
+                plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
+            plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
+            scheduler.set_timesteps(req.steps, device=device)
+            latents = latents.to(device) * scheduler.init_noise_sigma
+            try:
+                latents = sampling.sample(pipe.unet, plan, latents, scheduler.timesteps)
+            except sampling.StopSampling:
+                if job.interrupted:
+                    res.interrupted = True
+                    break
+                continue  # skipped: on to the next batch
+            decoded, upcast = sampling.decode(pipe.vae, latents)
+            if upcast:
+                res.notes.append("VAE produced NaN in half precision; decoded again in fp32 (use --no-half-vae)")
+            if torch.isnan(decoded).any():
+                raise StudioError("the model produced NaN (a black image); try --precision full / --no-half")
+            batch_images = sampling.to_pil(decoded)
+            for j, image in enumerate(batch_images):
+                i = n * req.batch_size + j
+                text = self._infotext(req, res, i, model, clip_skip)
+                res.infotexts.append(text)
+                images.append(image)
+                if save and not req.do_not_save_samples:
+                    res.saved.append(self._save(image, text, seeds[i], req, model, opts))
+        res.images = images
+        grid_wanted = len(images) > 1 and (opts.get("return_grid") or opts.get("grid_save"))
+        if grid_wanted:
+            grid = saving.make_grid(images, batch_size=req.batch_size)
+            if save and opts.get("grid_save") and not req.do_not_save_grid:
+                res.saved.append(saving.save_grid(grid, self._outdir(opts, "outdir_txt2img_grids", opts),
+                                                  res.infotexts[0], fmt=_ext(opts.get("grid_format")),
+                                                  jpeg_quality=int(opts.get("jpeg_quality", 80))))
+            if opts.get("return_grid"):
+                res.images = [grid, *images]
+                res.infotexts = [res.infotexts[0], *res.infotexts]
+                res.index_of_first_image = 1
+        job.progress.sampling_step = req.steps
+        return res
+
+    def _progress_hook(self, job: Job, pipe, every: int, opts: dict):
+        def hook(i: int, latents: torch.Tensor) -> None:
+            job.progress.sampling_step = i + 1
+            job.progress.textinfo = f"Step {i + 1}/{job.progress.sampling_steps}"
+            if every and (i + 1) % every == 0 and i + 1 < job.progress.sampling_steps:
+                job.progress.preview = self.preview(pipe, latents[:1], opts.get("show_progress_type", "Full"))
+                job.progress.preview_id += 1
+            if job.interrupted or job.skipped:
+                raise sampling.StopSampling()
+        return hook
+
+    @staticmethod
+    def preview(pipe, latents: torch.Tensor, method: str = "Full"):
+        """A preview image of in-progress latents: the full VAE, or a cheap linear map (approximate colours)."""
+        if method == "Approx cheap" and latents.shape[1] == 4:
+            coeffs = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                                   [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=torch.float32)
+            rgb = torch.einsum("bchw,cr->brhw", latents.float().cpu(), coeffs)
+            return sampling.to_pil(((rgb + 1) / 2).clamp(0, 1))[0]
+        images, _ = sampling.decode(pipe.vae, latents)
+        return sampling.to_pil(images)[0]
+
+    def _infotext(self, req: GenerationRequest, res: GenerationResult, i: int, model: LoadedModel,
+                  clip_skip: int) -> str:
+        params = infotext_params(req, sampler=res.sampler, schedule=engine_samplers.effective_schedule(
+            res.sampler, res.schedule), seed=res.seeds[i], subseed=res.subseeds[i],
+            model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip)
+        return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
+
+    def _outdir(self, opts: dict, key: str, _opts: dict | None = None) -> Path:
+        base = opts.get("outdir_samples") if key.endswith("_samples") and opts.get("outdir_samples") else opts[key]
+        folder = Path(base)
+        if not folder.is_absolute():
+            folder = self.paths.data / folder
+        if opts.get("save_to_dirs"):
+            folder = folder / saving.expand_pattern(str(opts.get("directories_filename_pattern") or "[date]"), {})
+        return folder
+
+    def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict) -> Path:
+        tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale,
+                  "sampler": req.sampler_name, "model_name": model.info.model_name,
+                  "model_hash": model.info.shorthash, "width": req.width, "height": req.height}
+        return saving.save_image(image, self._outdir(opts, "outdir_txt2img_samples"), text, tokens=tokens,
+                                 pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
+                                 fmt=_ext(opts.get("samples_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
+
+
+def _ext(fmt: object) -> str:
+    f = str(fmt or "png").lower()
+    return "jpg" if f == "jpeg" else f
+
+
+def result_json(res: GenerationResult) -> str:
+    return json.dumps(res.info(), ensure_ascii=False, default=str)
+
+

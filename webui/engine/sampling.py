@@ -1,0 +1,107 @@
+"""The one sampling loop. txt2img, img2img, inpainting and ControlNet are options of it, plugged in
+through hooks (before each step, conditioning per step, after each step), not separate pipelines."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from webui.engine.conditioning import Cond
+
+
+class StopSampling(Exception):
+    """Raised by a step hook to end sampling early (interrupt or skip)."""
+
+
+@dataclass
+class SamplingPlan:
+    scheduler: object
+    steps: int
+    cfg_scale: float
+    cond: Cond
+    uncond: Cond
+    generators: list[torch.Generator]
+    eta: float | None = None
+    added_time_ids: torch.Tensor | None = None           # SDXL size/crop conditioning, (B, 6)
+    cond_for_step: Callable[[int], tuple[Cond, Cond]] | None = None  # prompt editing replaces cond per step
+    before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
+
+
+def _step_kwargs(scheduler, generators, eta) -> dict:
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kw = {}
+    if "generator" in accepted:
+        kw["generator"] = generators
+    if "eta" in accepted and eta is not None:
+        kw["eta"] = eta
+    return kw
+
+
+@torch.no_grad()
+def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """Denoise latents (already scaled by the scheduler's init sigma) over the plan's timesteps."""
+    sch = plan.scheduler
+    if timesteps is None:
+        sch.set_timesteps(plan.steps, device=latents.device)
+        timesteps = sch.timesteps
+    guided = plan.cfg_scale > 1.0
+    step_kw = _step_kwargs(sch, plan.generators if len(plan.generators) > 1 else plan.generators[0], plan.eta)
+    dtype = unet.dtype
+    cond, uncond = plan.cond, plan.uncond
+
+    def context(c: Cond, u: Cond):
+        embeds = torch.cat([u.embeds, c.embeds]) if guided else c.embeds
+        added = None
+        if c.pooled is not None:
+            pooled = torch.cat([u.pooled, c.pooled]) if guided else c.pooled
+            ids = torch.cat([plan.added_time_ids] * 2) if guided else plan.added_time_ids
+            added = {"text_embeds": pooled, "time_ids": ids.to(device=pooled.device, dtype=pooled.dtype)}
+        return embeds, added
+
+    embeds, added = context(cond, uncond)
+    for i, t in enumerate(timesteps):
+        if plan.cond_for_step is not None:
+            c, u = plan.cond_for_step(i)
+            if c is not cond or u is not uncond:
+                cond, uncond = c, u
+                embeds, added = context(cond, uncond)
+        for hook in plan.before_step:
+            latents = hook(i, latents)
+        x = torch.cat([latents] * 2) if guided else latents
+        x = sch.scale_model_input(x, t)
+        out = unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                   return_dict=False)[0]
+        if guided:
+            neg, pos = out.chunk(2)
+            out = neg + plan.cfg_scale * (pos - neg)
+        latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
+        for hook in plan.after_step:
+            hook(i, latents)
+    return latents
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Latents -> images in [0, 1], (B, 3, H, W) float32 on the CPU. Returns (images, upcast_happened):
+    a half-precision VAE that produces NaN (black images) is retried in fp32."""
+    scale = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents / scale + shift
+    img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+    upcast = False
+    if vae.dtype != torch.float32 and torch.isnan(img).any():
+        original = vae.dtype
+        vae.to(torch.float32)
+        img = vae.decode(z.float(), return_dict=False)[0]
+        vae.to(original)
+        upcast = True
+    return (img.float() / 2 + 0.5).clamp(0, 1).cpu(), upcast
+
+
+def to_pil(images: torch.Tensor) -> list:
+    from PIL import Image
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in arr]

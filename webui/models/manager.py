@@ -1,0 +1,216 @@
+"""The model manager: the one place that lists, loads, caches and places models (device, precision)."""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from webui.config.paths import Paths
+from webui.config.settings import Settings
+from webui.core.errors import ModelLoadError, NotFound
+from webui.models import checkpoints
+from webui.models.checkpoints import CheckpointInfo
+from webui.models.hashes import HashCache
+from webui.models.loader import build_pipeline, read_state_dict
+
+
+@dataclass
+class Placement:
+    """Where and in what precision models run; decided once from the flags."""
+
+    device: torch.device
+    dtype: torch.dtype
+    vae_fp32: bool = False
+    offload: str | None = None   # None, "model" (--medvram) or "sequential" (--lowvram)
+
+    @classmethod
+    def from_flags(cls, device: str = "auto", precision: str = "autocast", no_half_vae: bool = False,
+                   medvram: bool = False, lowvram: bool = False) -> "Placement":
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else (
+                "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+        dev = torch.device(device)
+        if dev.type == "cpu" or precision == "full":
+            dtype = torch.float32   # half precision on a CPU is slower and less exact
+        elif dev.type == "cuda" and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float16
+        offload = "sequential" if lowvram else ("model" if medvram else None)
+        return cls(dev, dtype, no_half_vae, offload if dev.type != "cpu" else None)
+
+
+@dataclass
+class LoadedModel:
+    info: CheckpointInfo
+    family: str
+    variant: str
+    pipe: object
+    placement: Placement
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+    placed: bool = False
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+
+class ModelManager:
+    def __init__(self, paths: Paths, settings: Settings, placement: Placement):
+        self.paths = paths
+        self.settings = settings
+        self.placement = placement
+        self._hashes = HashCache(paths.hash_cache)
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.checkpoints: list[CheckpointInfo] = []
+        self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
+        self.refresh()
+
+    # -- listing ---------------------------------------------------------------------------------------------
+    def refresh(self) -> list[CheckpointInfo]:
+        found = checkpoints.scan(self.paths.checkpoints, self._hashes)
+        with self._lock:
+            self.checkpoints = found
+        return found
+
+    def usable(self) -> list[CheckpointInfo]:
+        return [c for c in self.checkpoints if c.error is None]
+
+    def titles(self) -> list[str]:
+        return [c.title for c in self.usable()]
+
+    def find(self, query: str | None) -> CheckpointInfo:
+        """A checkpoint by title, name, model name or hash; the default one when query is empty."""
+        if not query:
+            return self.default_checkpoint()
+        for c in self.checkpoints:
+            if c.matches(query):
+                if c.error:
+                    raise ModelLoadError(f"checkpoint {c.name} is unusable: {c.error}")
+                return c
+        valid = ", ".join(self.titles()) or "none (put .safetensors files into models/Stable-diffusion)"
+        raise NotFound(f"unknown checkpoint {query!r}; valid: {valid}")
+
+    def default_checkpoint(self) -> CheckpointInfo:
+        chosen = self.settings.get("sd_model_checkpoint")
+        if chosen:
+            for c in self.usable():
+                if c.matches(chosen):
+                    return c
+        usable = self.usable()
+        if not usable:
+            raise NotFound("no usable checkpoint found in " + ", ".join(str(p) for p in self.paths.checkpoints))
+        bundled = [c for c in usable if c.name.startswith("shapes-")]
+        return (bundled or usable)[0]
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        with self._lock:
+            return next(reversed(self._cache.values()), None)
+
+    def get(self, query: str | None = None) -> LoadedModel:
+        """The loaded model for a checkpoint (from the cache when it is there); the most recent stays on device."""
+        info = self.find(query)
+        with self._lock:
+            model = self._cache.get(info.name)
+            if model is not None and model.info.sha256 == info.sha256:
+                self._cache.move_to_end(info.name)
+                self._place(model)
+                return model
+            model = self._load(info)
+            self._cache[info.name] = model
+            self._trim()
+        for listener in self.on_model_loaded:
+            listener(model)
+        return model
+
+    def _load(self, info: CheckpointInfo) -> LoadedModel:
+        start = time.perf_counter()
+        sd = read_state_dict(info.filename)
+        comps = build_pipeline(info.filename, sd, dtype=torch.float32)
+        del sd
+        model = LoadedModel(info, comps.family.name, comps.variant, comps.pipe, self.placement,
+                            time.perf_counter() - start)
+        self._evict_others_from_device(info.name)
+        self._place(model)
+        return model
+
+    def _place(self, model: LoadedModel) -> None:
+        """Move one model to the run device in its precision (or set up offloading)."""
+        p = self.placement
+        pipe = model.pipe
+        if model.placed:
+            return
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is not None and module.dtype != p.dtype:
+                module.to(dtype=p.dtype)
+        vae_fp32 = p.vae_fp32 or (p.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False))
+        vae_dtype = torch.float32 if vae_fp32 else p.dtype
+        if pipe.vae.dtype != vae_dtype:
+            pipe.vae.to(dtype=vae_dtype)
+        if vae_fp32 and p.dtype != torch.float32:
+            model.notes.append("VAE kept in fp32")
+        if p.offload == "model":
+            pipe.enable_model_cpu_offload(device=p.device)
+        elif p.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=p.device)
+        else:
+            pipe.to(p.device)
+        model.placed = True
+
+    def _evict_others_from_device(self, keep: str) -> None:
+        if self.placement.device.type == "cpu":
+            return
+        for name, m in self._cache.items():
+            if name != keep and m.placed:
+                m.pipe.to("cpu")
+                m.placed = False
+        _free_device_memory()
+
+    def _trim(self) -> None:
+        limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1)))
+        while len(self._cache) > limit:
+            self._cache.popitem(last=False)
+        gc.collect()
+        _free_device_memory()
+
+    def unload(self) -> None:
+        with self._lock:
+            self._cache.clear()
+        gc.collect()
+        _free_device_memory()
+
+    def memory(self) -> dict:
+        """RAM and (when present) CUDA memory, shaped like A1111's /sdapi/v1/memory."""
+        import os
+        ram: dict = {}
+        try:
+            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            ram = {"free": avail, "used": pages - avail, "total": pages}
+        except (ValueError, OSError, AttributeError):
+            pass
+        cuda: dict = {"error": "no CUDA device"}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            stats = torch.cuda.memory_stats()
+            cuda = {"system": {"free": free, "used": total - free, "total": total},
+                    "active": {"current": stats.get("active_bytes.all.current", 0),
+                               "peak": stats.get("active_bytes.all.peak", 0)},
+                    "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
+                                  "peak": stats.get("allocated_bytes.all.peak", 0)}}
+        return {"ram": ram, "cuda": cuda, "loaded": [m.info.title for m in self._cache.values()]}
+
+
+def _free_device_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,62 @@
+"""The whole page: the checkpoint picker on top, then one tab per feature."""
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.core.errors import StudioError
+from webui.engine.processing import Engine
+from webui.ui import pnginfo_tab, settings_tab
+from webui.ui.common import error_html
+from webui.ui.txt2img_tab import Txt2ImgTab
+
+
+def _checkpoint_bar(engine: Engine) -> None:
+    models, settings = engine.models, engine.settings
+
+    def current_title() -> str | None:
+        try:
+            return models.find(settings.get("sd_model_checkpoint") or None).title
+        except StudioError:
+            return None
+
+    with gr.Row():
+        ckpt = gr.Dropdown(models.titles(), value=current_title(), label="Stable Diffusion checkpoint",
+                           elem_id="setting_sd_model_checkpoint", scale=4)
+        refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", size="sm", min_width=40, scale=0)
+        status = gr.HTML(elem_id="sd_checkpoint_status", scale=4)
+
+    def choose(title: str):
+        if not title:
+            return ""
+        try:
+            info = models.find(title)
+            engine.jobs.run(lambda job: models.get(info.title), "load checkpoint")
+            settings.update({"sd_model_checkpoint": info.title})
+        except StudioError as e:
+            return error_html(e)
+        unusable = [c for c in models.checkpoints if c.error]
+        return "".join(f"<div style='color:#a60'>Unusable: {c.name}: {c.error}</div>" for c in unusable)
+
+    def do_refresh():
+        models.refresh()
+        unusable = "".join(f"<div style='color:#a60'>Unusable: {c.name}: {c.error}</div>"
+                           for c in models.checkpoints if c.error)
+        return gr.Dropdown(choices=models.titles(), value=current_title()), unusable
+
+    ckpt.change(choose, ckpt, status)
+    refresh.click(do_refresh, None, [ckpt, status])
+
+
+def build_ui(engine: Engine) -> gr.Blocks:
+    with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
+        _checkpoint_bar(engine)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
+                t2i = Txt2ImgTab(engine)
+                t2i.build()
+            with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
+                pnginfo_tab.build(t2i.fields, tabs)
+            with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):
+                settings_tab.build(engine.settings)
+    demo.queue(default_concurrency_limit=None)
+    return demo

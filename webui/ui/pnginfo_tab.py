@@ -1,0 +1,48 @@
+"""The PNG Info tab: read an image's generation parameters and send them to txt2img."""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from webui.core import infotext as infotext_fmt
+from webui.core.request import fields_from_infotext
+from webui.engine import saving
+
+
+def read_image_info(path: str | None) -> tuple[str, str]:
+    """(infotext or "", an HTML table of every info item)."""
+    if not path:
+        return "", ""
+    try:
+        text, items = saving.read_infotext(path)
+    except OSError as e:
+        return "", f"<div style='color:#c00'>Not an image: {html.escape(str(e))}</div>"
+    rows = "".join(f"<tr><td><b>{html.escape(str(k))}</b></td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in items.items())
+    body = f"<p>{html.escape(text).replace(chr(10), '<br>')}</p>" if text else "<p>No parameters found.</p>"
+    return text or "", body + (f"<table>{rows}</table>" if rows else "")
+
+
+def paste_values(text: str, fields: dict) -> list:
+    """Values for the txt2img components from an infotext (unchanged where the infotext says nothing)."""
+    if not text:
+        return [gr.update() for _ in fields]
+    parsed = infotext_fmt.parse_infotext(text, defaults=True)
+    values = fields_from_infotext(parsed)
+    out = []
+    for name in fields:
+        out.append(values[name] if name in values else gr.update())
+    return out
+
+
+def build(txt2img_fields: dict, tabs: gr.Tabs) -> None:
+    with gr.Row():
+        image = gr.Image(label="Source", type="filepath", elem_id="pnginfo_image", sources=["upload"])
+        with gr.Column():
+            html_out = gr.HTML(elem_id="pnginfo_html")
+            text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_generation_info", interactive=False)
+            send = gr.Button("Send to txt2img", elem_id="txt2img_tab")
+    image.change(lambda p: read_image_info(p)[::-1], image, [html_out, text])
+    send.click(lambda t: [*paste_values(t, txt2img_fields), gr.Tabs(selected="tab_txt2img")], text,
+               [*txt2img_fields.values(), tabs])

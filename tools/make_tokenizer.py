@@ -67,7 +67,8 @@ def find_bpe_file() -> Path:
 
 
 def read_merges(bpe_path: Path) -> list[tuple[str, str]]:
-    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     # Line 0 is a version header; CLIP uses exactly the next 48,894 merges.
     merges = [tuple(line.split()) for line in lines[1 : 1 + N_MERGES]]
     if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
@@ -90,8 +91,7 @@ def write_tokenizer(out_dir: Path, merges: list[tuple[str, str]], pad_token: str
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     with open(out_dir / "merges.txt", "w", encoding="utf-8", newline="\n") as f:
         f.write("#version: 0.2\n")
-        for a, b in merges:
-            f.write(f"{a} {b}\n")
+        f.writelines(f"{a} {b}\n" for a, b in merges)
     special = {"bos_token": BOS, "eos_token": EOS, "pad_token": pad_token, "unk_token": EOS}
     config = {
         "tokenizer_class": "CLIPTokenizer",

@@ -148,7 +148,7 @@ class Engine:
             scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config))
             plan = sampling.SamplingPlan(
                 scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale, cond=cond_for(prompts[sl]),
-                uncond=cond_for(negatives[sl]), generators=gens,
+                uncond=cond_for(negatives[sl]), generators=gens, per_image=device.type == "cpu",
                 eta=req.eta)
             if model.is_sdxl:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
@@ -163,7 +163,7 @@ class Engine:
                     res.interrupted = True
                     break
                 continue  # skipped: on to the next batch
-            decoded, upcast = sampling.decode(pipe.vae, latents)
+            decoded, upcast = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
             if upcast:
                 res.notes.append("VAE produced NaN in half precision; decoded again in fp32 (use --no-half-vae)")
             if torch.isnan(decoded).any():

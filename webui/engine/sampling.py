@@ -26,6 +26,9 @@ class SamplingPlan:
     eta: float | None = None
     added_time_ids: torch.Tensor | None = None           # SDXL size/crop conditioning, (B, 6)
     cond_for_step: Callable[[int], tuple[Cond, Cond]] | None = None  # prompt editing replaces cond per step
+    # Run the UNet image by image: on a CPU this costs nothing and makes image i of a batch bit-identical
+    # to the same seed made alone (batched BLAS kernels round differently); on a GPU batching is kept.
+    per_image: bool = False
     before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
 
@@ -70,23 +73,40 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
                 embeds, added = context(cond, uncond)
         for hook in plan.before_step:
             latents = hook(i, latents)
-        x = torch.cat([latents] * 2) if guided else latents
-        x = sch.scale_model_input(x, t)
-        out = unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added,
-                   return_dict=False)[0]
-        if guided:
-            neg, pos = out.chunk(2)
-            out = neg + plan.cfg_scale * (pos - neg)
+        out = _denoise(unet, sch, latents, t, embeds, added, guided, plan.cfg_scale, dtype, plan.per_image)
         latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
         for hook in plan.after_step:
             hook(i, latents)
     return latents
 
 
+def _denoise(unet, sch, latents, t, embeds, added, guided, cfg_scale, dtype, per_image):
+    """The guided noise prediction for the whole batch."""
+    b = latents.shape[0]
+    if per_image and b > 1:
+        parts = []
+        for i in range(b):
+            rows = [i, b + i] if guided else [i]
+            sub_added = None if added is None else {k: v[rows] for k, v in added.items()}
+            parts.append(_denoise(unet, sch, latents[i:i + 1], t, embeds[rows], sub_added, guided, cfg_scale,
+                                  dtype, False))
+        return torch.cat(parts)
+    x = torch.cat([latents] * 2) if guided else latents
+    x = sch.scale_model_input(x, t)
+    out = unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    if guided:
+        neg, pos = out.chunk(2)
+        out = neg + cfg_scale * (pos - neg)
+    return out
+
+
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def decode(vae, latents: torch.Tensor, per_image: bool = False) -> tuple[torch.Tensor, bool]:
     """Latents -> images in [0, 1], (B, 3, H, W) float32 on the CPU. Returns (images, upcast_happened):
     a half-precision VAE that produces NaN (black images) is retried in fp32."""
+    if per_image and latents.shape[0] > 1:
+        parts = [decode(vae, one) for one in latents.split(1)]
+        return torch.cat([p[0] for p in parts]), any(p[1] for p in parts)
     scale = vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = latents / scale + shift

@@ -1,0 +1,118 @@
+"""Start the studio, or run its tests, preparing the environment first.
+
+    python launch.py          # prepare .venv if needed, then serve the UI + API on 127.0.0.1:7860
+    python launch.py --test   # the same preparation, then the whole test suite (pytest)
+
+Preparation: when this interpreter already has everything in requirements.txt it is used as it is;
+otherwise a virtual environment .venv is created (sharing an already-installed torch) and filled.
+torch comes first, as a CPU build where there is no NVIDIA GPU, so that no multi-GB CUDA build lands
+on a CPU machine.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+REQUIREMENTS = ROOT / "requirements.txt"
+CPU_TORCH = "torch==2.13.0"
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _requirements() -> list[tuple[str, str | None]]:
+    reqs = []
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.match(r"([A-Za-z0-9_.\-]+)\s*(?:==\s*([^\s;,]+))?", line)
+        if m:
+            reqs.append((m.group(1), m.group(2)))
+    return reqs
+
+
+def missing_requirements(python: str | Path = sys.executable) -> list[str]:
+    """Requirements (torch included) that the given interpreter lacks or has at another pinned version."""
+    checks = [("torch", None), *_requirements()]
+    code = ("import importlib.metadata as m, json, sys\n"
+            "out = []\n"
+            "for name, ver in json.loads(sys.argv[1]):\n"
+            "    try:\n"
+            "        have = m.version(name)\n"
+            "    except m.PackageNotFoundError:\n"
+            "        out.append(name); continue\n"
+            "    if ver and have.split('+')[0] != ver: out.append(f'{name}=={ver}')\n"
+            "print(json.dumps(out))\n")
+    import json
+    try:
+        res = subprocess.run([str(python), "-c", code, json.dumps(checks)], capture_output=True, text=True,
+                             timeout=120)
+        return json.loads(res.stdout.strip() or '["?"]')
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return ["?"]
+
+
+def _has_cuda_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def _pip(python: Path, *args: str) -> None:
+    cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def prepare() -> Path:
+    """The interpreter to run with, after installing what is missing."""
+    if not missing_requirements():
+        return Path(sys.executable)
+    python = _venv_python()
+    if not python.exists():
+        base_has_torch = "torch" not in missing_requirements()
+        print(f"Creating virtual environment {VENV}" + (" (sharing this interpreter's torch)" if base_has_torch
+                                                        else ""), flush=True)
+        venv_args = [sys.executable, "-m", "venv", str(VENV)]
+        if base_has_torch:
+            venv_args.insert(3, "--system-site-packages")
+        subprocess.run(venv_args, check=True)
+    missing = missing_requirements(python)
+    if missing:
+        constraints = VENV / "torch-constraint.txt"
+        if "torch" in missing:
+            torch_spec = "torch" if _has_cuda_gpu() else CPU_TORCH
+            _pip(python, torch_spec)
+        torch_version = subprocess.run([str(python), "-c", "import torch; print(torch.__version__.split('+')[0])"],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+        constraints.write_text(f"torch=={torch_version}\n")  # keeps other packages from swapping torch
+        _pip(python, "-r", str(REQUIREMENTS), "-c", str(constraints))
+    return python
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")          # the studio never downloads weights
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    python = Path(sys.executable) if "--skip-install" in argv else prepare()
+    if python.absolute() != Path(sys.executable).absolute():
+        os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
+    os.chdir(ROOT)
+    if "--test" in argv:
+        extra = [a for a in argv if a not in ("--test", "--skip-install")]
+        sys.exit(subprocess.call([sys.executable, "-m", "pytest", "tests", *extra], cwd=ROOT))
+    sys.path.insert(0, str(ROOT))
+    import app
+    app.main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The real UI in a real browser (Playwright + Debian's chromium): generate, find the PNG, paste it back."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chromium not installed "
+                                "(apt-get install chromium); .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        pg.goto(server)
+        pg.wait_for_selector("#txt2img_prompt textarea")
+        yield pg
+        browser.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def newest_png(folder, after: float):
+    files = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= after]
+    return max(files, key=lambda f: f.stat().st_mtime) if files else None
+
+
+def generate(page, data_dir, prompt: str):
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    started = time.time() - 1
+    before = page.locator("#txt2img_gallery img").count()
+    page.click("#txt2img_generate")
+    page.wait_for_function(
+        "() => document.querySelector('#html_info_txt2img') && "
+        "document.querySelector('#html_info_txt2img').innerText.includes('Seed:')", timeout=120_000)
+    assert page.locator("#txt2img_gallery img").count() >= max(before, 1)
+    saved = newest_png(data_dir / "outputs" / "txt2img-images", started)
+    assert saved is not None, "the generated image was not saved under outputs/txt2img-images"
+    return saved
+
+
+def test_generate_in_browser_then_paste_back(page, data_dir):
+    # pick the tiny SD1 model from the checkpoint dropdown at the top
+    page.click("#setting_sd_model_checkpoint input")
+    page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
+    page.wait_for_timeout(1500)
+    for eid, v in (("txt2img_steps", 4), ("txt2img_width", 64), ("txt2img_height", 64),
+                   ("txt2img_seed", 4242)):
+        set_number(page, eid, v)
+    saved = generate(page, data_dir, "a yellow triangle at the top")
+    text = Image.open(saved).info["parameters"]
+    assert text.startswith("a yellow triangle at the top\n")
+    assert "Steps: 4" in text and "Seed: 4242" in text and "Size: 64x64" in text and "Model: tiny-sd1" in text
+    assert saved.name.endswith("-4242.png")
+    shown = page.locator("#html_info_txt2img").inner_text()
+    assert "Seed: 4242" in shown
+
+    # PNG Info: drop the file, read its parameters, send them to txt2img, generate again -> same pixels
+    set_number(page, "txt2img_seed", 1)
+    page.locator("#txt2img_prompt textarea").fill("something else")
+    page.click("#tab_pnginfo-button") if page.locator("#tab_pnginfo-button").count() else \
+        page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea')"
+                           ".value.includes('Seed: 4242')")
+    page.click("#txt2img_tab")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
+                           " === 'a yellow triangle at the top'")
+    assert page.locator("#txt2img_seed input[type=number]").first.input_value() == "4242"
+    page.wait_for_timeout(500)
+    started = time.time() - 1
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Seed: 4242')"
+                           " && document.querySelector('#txt2img_progress').innerText === ''")
+    deadline = time.time() + 30
+    again = None
+    while again is None and time.time() < deadline:
+        again = newest_png(data_dir / "outputs" / "txt2img-images", started)
+        time.sleep(0.2)
+    assert again is not None and again != saved
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(saved)))
+
+
+def test_bad_input_shows_error_and_ui_keeps_working(page, data_dir):
+    page.get_by_role("tab", name="txt2img").click()
+    set_number(page, "txt2img_width", 68)   # not a multiple of 8
+    page.locator("#txt2img_prompt textarea").fill("x")
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => document.querySelector('#txt2img_error').innerText.includes('width')")
+    assert "multiple of 8" in page.locator("#txt2img_error").inner_text()
+    set_number(page, "txt2img_width", 64)
+    generate(page, data_dir, "a red circle")
+    assert page.locator("#txt2img_error").inner_text() == ""

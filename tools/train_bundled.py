@@ -1,0 +1,661 @@
+"""Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
+
+An SD1.x-family model, small enough to train here in under an hour and to generate a 128x128 image in well under a
+second: a KL autoencoder (4 latent channels, downsampling 8: 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
+text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
+<|endoftext|>) and a UNet2DConditionModel with cross-attention (scaled-linear betas 0.00085..0.012 over 1,000 steps,
+epsilon prediction), trained with caption dropout so classifier-free guidance works. Then a canny-edge ControlNet for
+it.
+
+Stages (each writes a diffusers-format folder under --work, so a later stage can be re-run alone):
+
+1. ``vae``: the autoencoder, on 64x64 crops around the shapes (it is fully convolutional), then rescaled so that
+   ``latents * 0.18215`` has unit standard deviation (mean/logvar outputs of quant_conv scaled, post_quant_conv input
+   weights divided: decoded images unchanged).
+2. ``unet``: the text encoder and the UNet together, on a pool of encoded images with freshly worded captions.
+3. ``controlnet``: a ControlNetModel copied from the UNet's encoder, trained on canny maps with the rest frozen.
+4. ``export``: ONE single-file checkpoint in the A1111/CompVis layout (fp16) into models/Stable-diffusion/ and the
+   ControlNet in the lllyasviel layout (``control_model.*``) into models/ControlNet/.
+
+Everything is seeded and the step counts are fixed, so with the same ``--threads`` (and torch build) it re-trains
+bit-for-bit::
+
+    OMP_NUM_THREADS=1 python tools/train_bundled.py --threads 1
+
+Arguments let exploratory runs be short (``--vae-steps 200 --unet-steps 100 ...``) and print accuracies measured with
+the classical checker (``--eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import shapes_dataset as ds  # noqa: E402
+
+MODEL_NAME = "shapes-tiny-v1"
+CHECKPOINT_PATH = ROOT / "models" / "Stable-diffusion" / f"{MODEL_NAME}.safetensors"
+CONTROLNET_PATH = ROOT / "models" / "ControlNet" / f"control_{MODEL_NAME}_canny.safetensors"
+TOKENIZER_DIR = ROOT / "webui" / "models" / "configs" / "tokenizer"
+SCALING_FACTOR = 0.18215
+IMAGE_SIZE = 128
+
+# ---- model configs (SD1 conventions for what the weights do not tell: GroupNorm 32 groups, 8 attention heads per
+# UNet block, text-encoder heads = hidden // 64, quick_gelu) ----
+# With 32 groups a block needs >= 64 channels: at 32 channels GroupNorm is per-channel (instance) normalisation, and
+# the last norm before conv_out then erases each channel's mean, so the VAE could not reproduce flat colours and the
+# UNet could not move the mean of its prediction (the background colour).
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[64, 64, 64, 64],
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=IMAGE_SIZE,
+    scaling_factor=SCALING_FACTOR,
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=1,  # max(1, hidden // 64)
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    projection_dim=64,
+)
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // 8,
+    in_channels=4,
+    out_channels=4,
+    # no attention at the 16x16 level (its self-attention would cost more than the rest of the UNet together);
+    # cross-attention at 8x8, 4x4 and in the middle block
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    block_out_channels=[64, 128, 128],
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=8,  # diffusers' SD1 naming: 8 heads per block
+    norm_num_groups=32,
+    use_linear_projection=False,
+)
+CONTROLNET_COND_CHANNELS = (16, 32, 64, 128)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class Tokens:
+    """CLIP tokenizer with a cache (the caption vocabulary is small)."""
+
+    def __init__(self, folder: Path = TOKENIZER_DIR):
+        from transformers import CLIPTokenizer
+
+        self.tok = CLIPTokenizer.from_pretrained(str(folder))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            ids = self.tok(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def caption_for(index: int, seed: int, epoch: int) -> str:
+    """A freshly worded caption of pool image ``index`` for ``epoch`` (same image, same facts, new wording)."""
+    s = ds.sample(index, seed)
+    rng = np.random.default_rng([seed, index, epoch, 7])
+    return ds.make_caption(rng, s.background, s.shapes)
+
+
+# ------------------------------------------------------------------------------------------------------------- vae
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def crops_around_shapes(images: np.ndarray, samples, rng: np.random.Generator, size: int) -> np.ndarray:
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for k, (img, s) in enumerate(zip(images, samples)):
+        sh = s.shapes[int(rng.integers(len(s.shapes)))]
+        cx = sh.cx + rng.uniform(-size * 0.3, size * 0.3)
+        cy = sh.cy + rng.uniform(-size * 0.3, size * 0.3)
+        x0 = int(np.clip(round(cx - size / 2), 0, IMAGE_SIZE - size))
+        y0 = int(np.clip(round(cy - size / 2), 0, IMAGE_SIZE - size))
+        out[k] = img[y0:y0 + size, x0:x0 + size]
+    return out
+
+
+def rescale_vae_latents(vae, latents_std: float) -> float:
+    """Scale the VAE's latent space by ``a`` so that latents * SCALING_FACTOR have unit std; decoding unchanged."""
+    a = (1.0 / SCALING_FACTOR) / latents_std
+    with torch.no_grad():
+        qc = vae.quant_conv
+        c = qc.out_channels // 2
+        qc.weight[:c] *= a
+        qc.bias[:c] *= a
+        qc.bias[c:] += 2.0 * math.log(a)
+        vae.post_quant_conv.weight /= a
+    return a
+
+
+def latent_std(vae, seed: int, n: int = 256) -> float:
+    images, _ = ds.batch(range(n), seed)
+    g = torch.Generator().manual_seed(seed)
+    zs = []
+    with torch.no_grad():
+        for i in range(0, n, 64):
+            zs.append(vae.encode(images_to_tensor(images[i:i + 64])).latent_dist.sample(generator=g))
+    return float(torch.cat(zs).std())
+
+
+def train_vae(args, work: Path):
+    torch.manual_seed(args.seed)
+    vae = make_vae()
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    data_seed = args.seed * 1000 + 1
+    rng = np.random.default_rng([args.seed, 11])
+    g = torch.Generator().manual_seed(args.seed + 12)
+    bs, steps = args.vae_batch, args.vae_steps
+    t0 = time.time()
+    for step in range(steps):
+        samples = [ds.sample(step * bs + k, data_seed) for k in range(bs)]
+        images = np.stack([s.image for s in samples])
+        x = images_to_tensor(crops_around_shapes(images, samples, rng, args.vae_crop))
+        lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=g)
+        rec = vae.decode(z).sample
+        rec_loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        kl = post.kl().mean() / z[0].numel()
+        loss = rec_loss + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} rec {rec_loss.item():.4f} kl {kl.item():.3f} lr {lr:.2e} "
+                f"({(time.time() - t0) / (step + 1):.2f} s/step)")
+    vae.eval()
+    std = latent_std(vae, args.seed * 1000 + 9)
+    a = rescale_vae_latents(vae, std)
+    log(f"vae latent std {std:.4f}; rescaled by {a:.4f}; now std*{SCALING_FACTOR} = "
+        f"{latent_std(vae, args.seed * 1000 + 9) * SCALING_FACTOR:.4f}")
+    vae.save_pretrained(work / "vae", safe_serialization=True)
+    return vae
+
+
+def load_vae(work: Path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae.eval()
+    return vae
+
+
+# --------------------------------------------------------------------------------------------------- latent pool
+def encode_pool(vae, n: int, seed: int, work: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std (unscaled) of pool images 0..n-1 of dataset seed ``seed`` (cached in --work)."""
+    cache = work / f"pool_{n}_{seed}.pt"
+    if cache.exists():
+        d = torch.load(cache)
+        return d["mean"], d["std"]
+    means, stds = [], []
+    t0 = time.time()
+    with torch.no_grad():
+        for i in range(0, n, 64):
+            images, _ = ds.batch(range(i, min(n, i + 64)), seed)
+            dist = vae.encode(images_to_tensor(images)).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    log(f"encoded pool of {n} images in {time.time() - t0:.0f} s")
+    torch.save({"mean": mean, "std": std}, cache)
+    return mean, std
+
+
+# ------------------------------------------------------------------------------------------------- text + unet
+def make_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def make_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+
+
+class EMA:
+    def __init__(self, modules, decay: float):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self):
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
+def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
+
+
+def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def pool_batches(n: int, bs: int, steps: int, seed: int):
+    """Deterministic (epoch, indices) per step: a fresh permutation of the pool each epoch."""
+    g = torch.Generator().manual_seed(seed)
+    perm, pos, epoch = torch.randperm(n, generator=g), 0, 0
+    for _ in range(steps):
+        if pos + bs > n:
+            perm, pos, epoch = torch.randperm(n, generator=g), 0, epoch + 1
+        yield epoch, perm[pos:pos + bs]
+        pos += bs
+
+
+def train_unet(args, work: Path, vae):
+    tokens = Tokens()
+    data_seed = args.seed * 1000 + 2
+    mean, std = encode_pool(vae, args.pool, data_seed, work)
+    torch.manual_seed(args.seed + 20)
+    te, unet = make_text_encoder(), make_unet()
+    te.train()
+    unet.train()
+    sched = make_scheduler()
+    params = list(te.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    ema = EMA([te, unet], args.ema)
+    g = torch.Generator().manual_seed(args.seed + 21)
+    empty = tokens([""])[0]
+    bs, steps = args.unet_batch, args.unet_steps
+    t0, running = time.time(), 0.0
+    for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 22)):
+        captions = [caption_for(int(i), data_seed, epoch) for i in idx]
+        ids = tokens(captions)
+        drop = torch.rand(bs, generator=g) < args.caption_dropout
+        ids[drop] = empty
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
+        noisy = sched.add_noise(z, noise, t)
+        lr = lr_at(step, steps, args.unet_lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        h = te(ids).last_hidden_state
+        pred = unet(noisy, t, h).sample
+        w = snr_weights(sched, t, args.snr_gamma)
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * w).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({(time.time() - t0) / (step + 1):.2f} s/step)")
+        if args.eval and args.eval_every and step and step % args.eval_every == 0:
+            state = [p.detach().clone() for p in params]
+            ema.copy_to()
+            evaluate(vae, te, unet, tag=f"unet step {step}")
+            with torch.no_grad():
+                for p, s in zip(params, state):
+                    p.copy_(s)
+            te.train()
+            unet.train()
+    ema.copy_to()
+    te.eval()
+    unet.eval()
+    te.save_pretrained(work / "text_encoder", safe_serialization=True)
+    unet.save_pretrained(work / "unet", safe_serialization=True)
+    return te, unet
+
+
+def load_text_unet(work: Path):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel.from_pretrained(work / "text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(work / "unet")
+    return te.eval(), unet.eval()
+
+
+# ---------------------------------------------------------------------------------------------------- controlnet
+def control_tensor(images: np.ndarray) -> torch.Tensor:
+    """Canny maps (as the pipeline feeds them: RGB in [0, 1])."""
+    maps = np.stack([ds.canny_map(im) for im in images])
+    return torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def train_controlnet(args, work: Path, vae, te, unet):
+    from diffusers import ControlNetModel
+
+    tokens = Tokens()
+    data_seed = args.seed * 1000 + 2
+    mean, std = encode_pool(vae, args.pool, data_seed, work)
+    torch.manual_seed(args.seed + 30)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_COND_CHANNELS)
+    cn.train()
+    for m in (te, unet):
+        m.requires_grad_(False)
+        m.eval()
+    sched = make_scheduler()
+    opt = torch.optim.AdamW(cn.parameters(), lr=args.cn_lr, weight_decay=1e-2)
+    ema = EMA([cn], args.ema)
+    g = torch.Generator().manual_seed(args.seed + 31)
+    empty = tokens([""])[0]
+    bs, steps = args.cn_batch, args.cn_steps
+    t0, running = time.time(), 0.0
+    for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 32)):
+        images = np.stack([ds.sample(int(i), data_seed).image for i in idx])
+        cond = control_tensor(images)
+        ids = tokens([caption_for(int(i), data_seed, epoch + 100) for i in idx])
+        drop = torch.rand(bs, generator=g) < args.cn_caption_dropout
+        ids[drop] = empty
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
+        noisy = sched.add_noise(z, noise, t)
+        lr = lr_at(step, steps, args.cn_lr, 20)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.no_grad():
+            h = te(ids).last_hidden_state
+        down, mid = cn(noisy, t, h, controlnet_cond=cond, return_dict=False)
+        pred = unet(noisy, t, h, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
+        opt.step()
+        ema.update(step)
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"controlnet step {step}/{steps} loss {running:.4f} ({(time.time() - t0) / (step + 1):.2f} s/step)")
+    ema.copy_to()
+    cn.eval()
+    cn.save_pretrained(work / "controlnet", safe_serialization=True)
+    return cn
+
+
+def load_controlnet(work: Path):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(work / "controlnet").eval()
+
+
+# ------------------------------------------------------------------------------------------------------ pipeline
+def make_pipeline(vae, te, unet, controlnet=None):
+    from diffusers import (EulerAncestralDiscreteScheduler, StableDiffusionControlNetPipeline,
+                           StableDiffusionPipeline)
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    sched = EulerAncestralDiscreteScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                                               if k not in ("clip_sample", "set_alpha_to_one")})
+    kw = dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+              feature_extractor=None, requires_safety_checker=False)
+    if controlnet is not None:
+        pipe = StableDiffusionControlNetPipeline(controlnet=controlnet, **kw)
+    else:
+        pipe = StableDiffusionPipeline(**kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+EVAL_COLOURS = ds.COLOUR_NAMES
+EVAL_SHAPES = ds.SHAPES
+EVAL_POSITIONS = ds.POSITIONS
+
+
+def eval_prompts(n: int = 40, seed: int = 5):
+    """(prompt, colour, shape, position, background, seed) tuples covering every colour, shape and position."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        colour = EVAL_COLOURS[k % 8]
+        shape = EVAL_SHAPES[k % 4]
+        position = EVAL_POSITIONS[k % 5]
+        background = ds.COLOUR_NAMES[int(rng.integers(8))]
+        while background == colour:
+            background = ds.COLOUR_NAMES[int(rng.integers(8))]
+        prompt = ds.canonical_caption(shape, colour, "large", position, background)
+        out.append((prompt, colour, shape, position, background, 1000 + k))
+    return out
+
+
+def evaluate(vae, te, unet, tag: str = "", n: int = 40, cfgs=(7.0,)):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import shape_checker as sc
+
+    was = (te.training, unet.training)
+    te.eval()
+    unet.eval()
+    pipe = make_pipeline(vae, te, unet)
+    for cfg in cfgs:
+        hits = {"colour": 0, "shape": 0, "position": 0, "background": 0}
+        t0 = time.time()
+        for prompt, colour, shape, position, background, seed in eval_prompts(n):
+            img = pipe(prompt, num_inference_steps=20, guidance_scale=cfg, height=IMAGE_SIZE, width=IMAGE_SIZE,
+                       generator=torch.Generator().manual_seed(seed)).images[0]
+            a = sc.analyse(img)
+            hits["colour"] += a.colour == colour
+            hits["shape"] += a.shape == shape
+            hits["position"] += a.position == position
+            hits["background"] += a.background == background
+        log(f"EVAL {tag} cfg {cfg}: " + " ".join(f"{k} {v / n:.0%}" for k, v in hits.items())
+            + f" ({(time.time() - t0) / n:.2f} s/image)")
+    te.train(was[0])
+    unet.train(was[1])
+
+
+# -------------------------------------------------------------------------------------------------------- export
+def _original_layout(unet_sd, vae_sd, te_sd):
+    try:
+        from webui.models.original_layout import pipeline_to_original
+    except ImportError:
+        sys.path.insert(0, str(ROOT))
+        from webui.models.original_layout import pipeline_to_original
+    return pipeline_to_original("sd1", unet=unet_sd, vae=vae_sd, text_encoder=te_sd)
+
+
+def _resnet_to_ldm(key: str) -> str:
+    return (key.replace("norm1", "in_layers.0").replace("conv1", "in_layers.2").replace("norm2", "out_layers.0")
+            .replace("conv2", "out_layers.3").replace("time_emb_proj", "emb_layers.1")
+            .replace("conv_shortcut", "skip_connection"))
+
+
+def controlnet_to_original(cn_sd: dict, layers_per_block: int, prefix: str = "control_model.") -> dict:
+    """diffusers ControlNetModel state dict -> lllyasviel / A1111-extension layout (input_blocks, zero_convs,
+    input_hint_block, middle_block, middle_block_out), keys prefixed with ``control_model.``."""
+    out = {}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+        "controlnet_cond_embedding.conv_out": "input_hint_block.14",
+        "controlnet_mid_block": "middle_block_out.0",
+    }
+    for key, value in cn_sd.items():
+        parts = key.split(".")
+        stem, leaf = ".".join(parts[:-1]), parts[-1]
+        if stem in fixed:
+            new = f"{fixed[stem]}.{leaf}"
+        elif key.startswith("controlnet_cond_embedding.blocks."):
+            j = int(parts[2])
+            new = f"input_hint_block.{2 * (j + 1)}.{leaf}"
+        elif key.startswith("controlnet_down_blocks."):
+            new = f"zero_convs.{int(parts[1])}.0.{leaf}"
+        elif key.startswith("down_blocks."):
+            b, kind = int(parts[1]), parts[2]
+            base = 1 + b * (layers_per_block + 1)
+            rest = ".".join(parts[4:])
+            if kind == "resnets":
+                new = f"input_blocks.{base + int(parts[3])}.0.{_resnet_to_ldm(rest)}"
+            elif kind == "attentions":
+                new = f"input_blocks.{base + int(parts[3])}.1.{rest}"
+            elif kind == "downsamplers":
+                new = f"input_blocks.{base + layers_per_block}.0.op.{leaf}"
+            else:
+                raise KeyError(key)
+        elif key.startswith("mid_block."):
+            kind, i = parts[1], int(parts[2])
+            rest = ".".join(parts[3:])
+            if kind == "resnets":
+                new = f"middle_block.{2 * i}.{_resnet_to_ldm(rest)}"
+            else:
+                new = f"middle_block.1.{rest}"
+        else:
+            raise KeyError(f"unmapped ControlNet key {key}")
+        out[prefix + new] = value
+    return out
+
+
+def _metadata() -> dict[str, str]:
+    return {
+        "modelspec.title": MODEL_NAME,
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.resolution": f"{IMAGE_SIZE}x{IMAGE_SIZE}",
+        "shapes_tiny.configs": json.dumps({"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG,
+                                           "scheduler": SCHEDULER_CONFIG}),
+        "shapes_tiny.retrain": "python tools/train_bundled.py --threads 1",
+    }
+
+
+def export(work: Path, vae, te, unet, cn, ckpt_path: Path = CHECKPOINT_PATH, cn_path: Path = CONTROLNET_PATH):
+    from safetensors.torch import save_file
+
+    def half(sd):
+        return {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+
+    original = _original_layout(unet.state_dict(), vae.state_dict(), te.state_dict())
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(half(original), str(ckpt_path), metadata=_metadata())
+    log(f"wrote {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB, {len(original)} tensors)")
+    if cn is not None:
+        cn_orig = controlnet_to_original(cn.state_dict(), UNET_CONFIG["layers_per_block"])
+        cn_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(half(cn_orig), str(cn_path), metadata={"modelspec.title": f"control_{MODEL_NAME}_canny"})
+        log(f"wrote {cn_path} ({cn_path.stat().st_size / 1e6:.1f} MB, {len(cn_orig)} tensors)")
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (bit-for-bit needs the same value)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "train_bundled")
+    ap.add_argument("--stages", default="vae,unet,controlnet,export")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-crop", type=int, default=64)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--pool", type=int, default=6144)
+    ap.add_argument("--unet-steps", type=int, default=1400)
+    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--snr-gamma", type=float, default=5.0)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--cn-steps", type=int, default=400)
+    ap.add_argument("--cn-batch", type=int, default=32)
+    ap.add_argument("--cn-lr", type=float, default=1e-3)
+    ap.add_argument("--cn-caption-dropout", type=float, default=0.3)
+    ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH)
+    ap.add_argument("--controlnet", type=Path, default=CONTROLNET_PATH)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    stages = set(args.stages.split(","))
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    log(f"train_bundled: {vars(args)}")
+    vae = train_vae(args, args.work) if "vae" in stages else load_vae(args.work)
+    log(f"vae done at {time.time() - t_start:.0f} s")
+    te = unet = cn = None
+    if "unet" in stages:
+        te, unet = train_unet(args, args.work, vae)
+        log(f"text encoder + unet done at {time.time() - t_start:.0f} s")
+    elif stages & {"controlnet", "export", "eval"}:
+        te, unet = load_text_unet(args.work)
+    if args.eval and te is not None:
+        evaluate(vae, te, unet, tag="final", cfgs=(7.0, 1.0))
+    if "controlnet" in stages:
+        cn = train_controlnet(args, args.work, vae, te, unet)
+        log(f"controlnet done at {time.time() - t_start:.0f} s")
+    elif "export" in stages and (args.work / "controlnet").exists():
+        cn = load_controlnet(args.work)
+    train_seconds = time.time() - t_start
+    if "export" in stages:
+        export(args.work, vae, te, unet, cn, args.checkpoint, args.controlnet)
+    log(f"total {time.time() - t_start:.0f} s (training {train_seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

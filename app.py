@@ -43,8 +43,9 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None):
 def _share(host: str, port: int) -> str | None:
     """A public URL through Gradio's tunnel, or None (printing one line why)."""
     try:
-        from gradio import networking
         import secrets
+
+        from gradio import networking
         url = networking.setup_tunnel(host, port, secrets.token_urlsafe(32), None, None)
         return url
     except Exception as e:  # noqa: BLE001 - any failure means: no tunnel, serve locally

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` puts tests/ on sys.path, not the repository root
     sys.path.insert(0, str(ROOT))
 
-from webui.models.original_layout import pipeline_to_original
+from webui.models.original_layout import pipeline_to_original  # noqa: E402
 
 CONFIG_DIR = ROOT / "webui" / "models" / "configs"
 TOKENIZER_DIR = CONFIG_DIR / "tokenizer"

@@ -6,7 +6,6 @@ import io
 import json
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np

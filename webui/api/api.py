@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from webui.api.models import Txt2ImgRequest, to_request
 from webui.core import infotext as infotext_fmt
 from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, StudioError
@@ -20,7 +21,6 @@ from webui.core.request import fields_from_infotext
 from webui.engine import samplers as engine_samplers
 from webui.engine import saving
 from webui.engine.processing import Engine, result_json
-from webui.api.models import Txt2ImgRequest, to_request
 
 
 class PngInfoRequest(BaseModel):

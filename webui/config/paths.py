@@ -33,7 +33,7 @@ class Paths:
         return self.data / "styles.csv"
 
     @classmethod
-    def from_flags(cls, args) -> "Paths":
+    def from_flags(cls, args) -> Paths:
         data = Path(args.data_dir).resolve() if getattr(args, "data_dir", None) else REPO_ROOT
         models = data / "models"
         ckpts = [models / "Stable-diffusion"]

@@ -7,8 +7,9 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from webui.core.errors import StudioError
 
@@ -36,7 +37,7 @@ class Progress:
 @dataclass
 class Job:
     id: str
-    fn: Callable[["Job"], Any]
+    fn: Callable[[Job], Any]
     description: str = ""
     progress: Progress = field(default_factory=Progress)
     state: str = "queued"     # queued, running, done, failed

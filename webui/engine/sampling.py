@@ -3,8 +3,8 @@ through hooks (before each step, conditioning per step, after each step), not se
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

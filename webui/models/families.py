@@ -87,7 +87,7 @@ def unet_config(fam: Family, sd: dict, template: dict, pooled_dim: int | None = 
     per_level = (n_input - 1 - len(downs)) // levels
     channels, attn_depth = [], []
     idx = 1
-    for level in range(levels):
+    for _level in range(levels):
         channels.append(shape(f"input_blocks.{idx}.0.out_layers.3.weight")[0])
         attn_depth.append(_count(k, rf"input_blocks\.{idx}\.1\.transformer_blocks\.(\d+)\."))
         idx += per_level + 1

@@ -5,8 +5,8 @@ import gc
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ class Placement:
 
     @classmethod
     def from_flags(cls, device: str = "auto", precision: str = "autocast", no_half_vae: bool = False,
-                   medvram: bool = False, lowvram: bool = False) -> "Placement":
+                   medvram: bool = False, lowvram: bool = False) -> Placement:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else (
                 "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")

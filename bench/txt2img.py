@@ -1,0 +1,104 @@
+"""txt2img speed: the studio's engine vs a plain diffusers StableDiffusionPipeline, same weights, settings
+and seed, in one process. Prints seconds per image, it/s and the ratio studio/diffusers.
+
+    python bench/txt2img.py [--ckpt PATH] [--steps 20] [--size 128] [--runs 5] [--sampler "Euler a"]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", default=None, help="checkpoint file (default: the bundled model, else a tiny SD1)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cfg", type=float, default=7.0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--previews", action="store_true", help="keep the studio's live previews on")
+    args = ap.parse_args()
+
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from app import build_engine
+    from webui.config.flags import parse_args
+    from webui.core.request import GenerationRequest
+
+    data = Path(tempfile.mkdtemp(prefix="bench-"))
+    ckpt_dir = data / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    if args.ckpt:
+        (ckpt_dir / Path(args.ckpt).name).symlink_to(Path(args.ckpt).resolve())
+        name = Path(args.ckpt).name
+    else:
+        bundled = sorted((ROOT / "models" / "Stable-diffusion").glob("shapes-*.safetensors"))
+        if bundled:
+            name = bundled[0].name
+        else:
+            from checkpoint_factory import make_tiny_checkpoint
+            make_tiny_checkpoint(ckpt_dir / "tiny-sd1.safetensors", "sd1")
+            name = "tiny-sd1.safetensors"
+    engine = build_engine(parse_args(["--data-dir", str(data), "--device", args.device]))
+    if not args.previews:
+        engine.settings.update({"live_previews_enable": False}, save=False)
+    model = engine.models.get(name)
+    pipe = model.pipe
+    device = model.placement.device
+    prompt, negative = "a large red circle on the left, blue background", "green"
+    req = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=args.steps, width=args.size,
+                            height=args.size, cfg_scale=args.cfg, sampler_name="Euler a", seed=1,
+                            override_settings={"sd_model_checkpoint": name})
+
+    def studio():
+        engine.txt2img(req, save=False)
+
+    def diffusers_plain():
+        sched = pipe.scheduler
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(sched.config)
+        try:
+            pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=args.cfg,
+                 width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(1))
+        finally:
+            pipe.scheduler = sched
+
+    def timed(fn) -> list[float]:
+        fn()  # warm-up
+        out = []
+        for _ in range(args.runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - t)
+        return out
+
+    # interleave to share any drift in machine load fairly
+    s_times, d_times = [], []
+    for _ in range(2):
+        s_times += timed(studio)
+        d_times += timed(diffusers_plain)
+    s, d = statistics.median(s_times), statistics.median(d_times)
+    print(f"model: {model.info.title} ({model.family}), {args.size}x{args.size}, {args.steps} steps, "
+          f"Euler a, CFG {args.cfg}, device {device}, dtype {model.placement.dtype}, threads "
+          f"{torch.get_num_threads()}")
+    print(f"studio:    {s:.3f} s/image  {args.steps / s:.1f} it/s   (runs: {', '.join(f'{x:.3f}' for x in s_times)})")
+    print(f"diffusers: {d:.3f} s/image  {args.steps / d:.1f} it/s   (runs: {', '.join(f'{x:.3f}' for x in d_times)})")
+    print(f"ratio studio/diffusers: {s / d:.3f}")
+    engine.jobs.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -266,3 +266,65 @@ def test_ui_auth(data_dir):
         proc.wait(10)
 
 
+
+
+def test_settings_apply_without_restart(server, data_dir):
+    r = post(server, "/sdapi/v1/options", {"samples_format": "webp", "samples_filename_pattern": "[seed]-[steps]"})
+    assert r.status_code == 200, r.text
+    try:
+        out = txt2img(server, seed=8080, save_images=True)
+        day = time.strftime("%Y-%m-%d")
+        files = list((data_dir / "outputs" / "txt2img-images" / day).glob("*-8080-4.webp"))
+        assert len(files) == 1
+        from webui.engine.saving import read_infotext
+        assert read_infotext(files[0])[0] == json.loads(out["info"])["infotexts"][0]
+        stored = json.loads((data_dir / "config.json").read_text())
+        assert stored["samples_format"] == "webp"
+    finally:
+        post(server, "/sdapi/v1/options", {"samples_format": "png", "samples_filename_pattern": ""})
+
+
+def test_override_settings_do_not_persist(server):
+    before = httpx.get(server + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"]
+    out = txt2img(server, seed=4, override_settings={**BASE["override_settings"], "CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in json.loads(out["info"])["infotexts"][0]
+    assert httpx.get(server + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == before
+
+
+def test_skip_moves_to_next_batch(server):
+    results = {}
+
+    def job():
+        results["r"] = post(server, "/sdapi/v1/txt2img", {**BASE, "steps": 60, "n_iter": 3, "seed": 50})
+
+    t = threading.Thread(target=job)
+    t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        p = httpx.get(server + "/sdapi/v1/progress", params={"skip_current_image": True}).json()
+        if p["state"]["job_count"] == 3 and p["state"]["sampling_step"] >= 2:
+            break
+        time.sleep(0.05)
+    assert post(server, "/sdapi/v1/skip", {}).status_code == 200
+    t.join(120)
+    info = json.loads(results["r"].json()["info"])
+    # the first batch was skipped, the other two were made with their own seeds
+    seeds = [int(x.split("Seed: ")[1].split(",")[0]) for x in info["infotexts"][info["index_of_first_image"]:]]
+    assert seeds == [51, 52]
+
+
+def test_share_without_tunnel_says_why(data_dir):
+    from conftest import start_server
+    proc, url = start_server(data_dir, "--share", "--nowebui")
+    try:
+        log = next(data_dir.glob(f"server-{url.rsplit(':', 1)[1]}.log"))
+        deadline = time.time() + 60
+        while time.time() < deadline and "--share:" not in log.read_text():
+            time.sleep(0.2)
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith("--share:")]
+        assert len(lines) == 1 and "serving locally" in lines[0]
+        assert "without --gradio-auth" in log.read_text()
+        assert httpx.get(url + "/sdapi/v1/samplers").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

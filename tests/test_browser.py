@@ -106,3 +106,22 @@ def test_bad_input_shows_error_and_ui_keeps_working(page, data_dir):
     set_number(page, "txt2img_width", 64)
     generate(page, data_dir, "a red circle")
     assert page.locator("#txt2img_error").inner_text() == ""
+
+
+def test_progress_preview_and_interrupt_in_browser(page, data_dir):
+    page.get_by_role("tab", name="txt2img").click()
+    for eid, v in (("txt2img_steps", 40), ("txt2img_width", 64), ("txt2img_height", 64),
+                   ("txt2img_batch_count", 30), ("txt2img_seed", 99)):
+        set_number(page, eid, v)
+    page.locator("#txt2img_prompt textarea").fill("a blue star")
+    page.click("#txt2img_generate")
+    # the progress bar moves and a live preview shows in the gallery while the job runs
+    page.wait_for_function("() => document.querySelector('#txt2img_progress .studio-progress-bar') !== null")
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_gallery img').length > 0")
+    started = time.time()
+    page.click("#txt2img_interrupt")
+    page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText === ''", timeout=60_000)
+    assert time.time() - started < 30, "interrupt did not stop the 30-batch job promptly"
+    assert page.locator("#txt2img_error").inner_text() == ""
+    set_number(page, "txt2img_batch_count", 1)
+    set_number(page, "txt2img_steps", 4)

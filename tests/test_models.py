@@ -138,3 +138,27 @@ def test_hub_is_unreachable_here():
     from huggingface_hub.errors import LocalEntryNotFoundError
     with pytest.raises((LocalEntryNotFoundError, OSError)):
         hf_hub_download("openai/clip-vit-large-patch14", "config.json")
+
+
+def test_sd2_parameterization_from_yaml(tmp_path):
+    from checkpoint_factory import make_tiny_checkpoint
+    path = make_tiny_checkpoint(tmp_path / "base.safetensors", "sd2", seed=5)
+    path.with_suffix(".yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    comps = build_pipeline(path, read_state_dict(path))
+    assert comps.variant == "sd2" and comps.pipe.scheduler.config.prediction_type == "epsilon"
+    path.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    comps = build_pipeline(path, read_state_dict(path))
+    assert comps.variant == "sd2-v" and comps.pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_ram_cache_keeps_recent_models(engine):
+    engine.settings.update({"sd_checkpoints_limit": 2}, save=False)
+    try:
+        a = engine.models.get("tiny-sd1.safetensors")
+        b = engine.models.get("tiny-sdxl.safetensors")
+        assert engine.models.get("tiny-sd1.safetensors") is a, "a cached model was loaded again"
+        assert engine.models.get("tiny-sdxl.safetensors") is b
+        engine.models.get("v2/tiny-sd2v.safetensors")   # evicts the least recently used (sd1)
+        assert engine.models.get("tiny-sd1.safetensors") is not a
+    finally:
+        engine.settings.update({"sd_checkpoints_limit": 1}, save=False)

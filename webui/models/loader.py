@@ -95,13 +95,26 @@ class LoadedComponents:
     pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
 
 
-def is_v_prediction(path: Path, sd: dict) -> bool:
-    """SD2 files cannot say it in their weights: a YAML beside the file (A1111's convention) or a v_pred key."""
+def v_prediction_hint(path: Path, sd: dict) -> bool | None:
+    """What the file says about SD2's parameterization: a YAML beside it (A1111's convention, no
+    `parameterization: "v"` meaning epsilon) or a `v_pred` key; None when it says nothing."""
     yaml = path.with_suffix(".yaml")
     if yaml.exists():
         return re.search(r"parameterization:\s*[\"']?v[\"']?\s*$", yaml.read_text(errors="replace"), re.M) is not None
-    # No hint: SD2.x community models are overwhelmingly 768-v, which diffusers assumes as well.
-    return True
+    if "v_pred" in sd:
+        return True
+    return None
+
+
+@torch.no_grad()
+def unet_predicts_v(unet) -> bool:
+    """Ask the UNet itself: at the last timestep the input is almost pure noise, so an epsilon model returns
+    roughly its input, while a v model returns roughly -x0 (here 0). One small forward pass."""
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g, dtype=unet.dtype)
+    ctx = torch.zeros(1, 77, unet.config.cross_attention_dim, dtype=unet.dtype)
+    out = unet(x, torch.tensor([999]), encoder_hidden_states=ctx, return_dict=False)[0]
+    return float((out - x).norm() / x.norm()) > 0.5
 
 
 @cache
@@ -159,9 +172,8 @@ def build_pipeline(path: Path, sd: dict, dtype: torch.dtype = torch.float32) -> 
         fam = families.detect(sd.keys())
     except families.UnknownArchitecture as e:
         raise ModelLoadError(f"{Path(path).name}: architecture not recognised: {e}") from None
-    variant = fam.name
-    if fam.name == "sd2" and is_v_prediction(Path(path), sd):
-        variant = "sd2-v"
+    hint = v_prediction_hint(Path(path), sd) if fam.name == "sd2" else None
+    variant = "sd2-v" if hint else fam.name
     t = families.load_templates(variant)
     try:
         pooled = None
@@ -181,6 +193,13 @@ def build_pipeline(path: Path, sd: dict, dtype: torch.dtype = torch.float32) -> 
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
         raise ModelLoadError(f"{Path(path).name}: the {fam.label} weights do not fit together "
                              f"({type(e).__name__}: {_first_line(e)})") from None
+    if fam.name == "sd2" and hint is None and unet_predicts_v(unet):
+        variant = "sd2-v"
+        t = families.load_templates(variant)
+        unet.register_to_config(upcast_attention=True)
+        for m in unet.modules():
+            if hasattr(m, "upcast_attention"):
+                m.upcast_attention = True
     scheduler = EulerDiscreteScheduler.from_config(t["scheduler"])
     if fam.name == "sdxl":
         pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tokenizer(),

@@ -57,6 +57,11 @@ def data_dir(tmp_path_factory) -> Path:
     make_tiny_checkpoint(sd / "tiny-sd1-pickle.ckpt", "sd1", seed=4, fmt="ckpt")
     good = (sd / "tiny-sd1.safetensors").read_bytes()
     (sd / "broken-truncated.safetensors").write_bytes(good[: len(good) // 2])
+    import torch
+    from safetensors.torch import save_file
+    # a LoRA-like file dropped into the wrong folder: readable, but not a checkpoint
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)},
+              str(sd / "not-a-model.safetensors"))
     return d
 
 

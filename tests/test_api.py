@@ -117,6 +117,9 @@ def test_models_listing_and_switching(server):
     sd1 = names["tiny-sd1"]
     assert sd1["title"] == f"tiny-sd1.safetensors [{sd1['sha256'][:10]}]" and sd1["title"] in titles
     assert names["broken-truncated"]["error"]
+    assert "not a Stable Diffusion checkpoint" in names["not-a-model"]["error"]
+    r = post(server, "/sdapi/v1/options", {"sd_model_checkpoint": "not-a-model.safetensors"})
+    assert r.status_code == 422 and "architecture not recognised" in r.json()["detail"]
     for title in (names["v2_tiny-sd2v"]["title"], names["tiny-sdxl"]["title"], names["tiny-sd1-pickle"]["title"]):
         r = post(server, "/sdapi/v1/options", {"sd_model_checkpoint": title})
         assert r.status_code == 200, r.text

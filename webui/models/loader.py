@@ -64,6 +64,10 @@ def check_file(path: Path) -> str | None:
                 keys = list(f.keys())
             if not keys:
                 return "the file holds no tensors"
+            try:
+                families.detect(keys)
+            except families.UnknownArchitecture as e:
+                return f"architecture not recognised: {e}"
             return None
         if _is_zip(path):
             with zipfile.ZipFile(path) as z:

@@ -162,3 +162,29 @@ def test_ram_cache_keeps_recent_models(engine):
         assert engine.models.get("tiny-sd1.safetensors") is not a
     finally:
         engine.settings.update({"sd_checkpoints_limit": 1}, save=False)
+
+
+def test_training_ckpt_with_lightning_record_loads(tmp_path):
+    """Old SD1.x .ckpt files carry a pytorch_lightning ModelCheckpoint record: read as data, not refused."""
+    import sys
+    import types
+    mod = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.best_model_score = 0.5
+
+    ModelCheckpoint.__module__ = mod.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    mod.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", mod.__name__):
+        sys.modules.setdefault(name, types.ModuleType(name) if name != mod.__name__ else mod)
+    try:
+        path = tmp_path / "old.ckpt"
+        torch.save({"state_dict": {"w": torch.ones(3)}, "global_step": 470000,
+                    "callbacks": {"ModelCheckpoint": ModelCheckpoint()}}, path)
+    finally:
+        for name in ("pytorch_lightning", "pytorch_lightning.callbacks", mod.__name__):
+            sys.modules.pop(name, None)
+    sd = read_state_dict(path)
+    assert list(sd) == ["w"] and torch.equal(sd["w"], torch.ones(3))

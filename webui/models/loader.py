@@ -32,6 +32,17 @@ from webui.models.families import Family
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+class _ModelCheckpointRecord:
+    """Plain data stand-in for the training-callback record old SD1.x .ckpt files carry; never code."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+_ModelCheckpointRecord.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+_ModelCheckpointRecord.__qualname__ = _ModelCheckpointRecord.__name__ = "ModelCheckpoint"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint file; pickles never run code (a pickle that tries is refused)."""
     path = Path(path)
@@ -40,12 +51,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            with torch.serialization.safe_globals([_ModelCheckpointRecord]):
+                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpoint(
             f"{path.name} was refused: it is a pickle that would import or call code while loading "
-            f"({_first_line(e)}). Only plain weights are loaded; convert it to .safetensors from a trusted "
-            "source.") from None
+            f"({_unsafe_reason(e)}). Only plain weights are loaded; get a .safetensors version of it.") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of a user file is reported as unusable
         raise ModelLoadError(f"{path.name} could not be read (truncated or corrupt?): {_first_line(e)}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -78,6 +89,11 @@ def check_file(path: Path) -> str | None:
         return None if head[:1] == b"\x80" else "not a safetensors file or a torch pickle"
     except Exception as e:  # noqa: BLE001 - reported as the reason the file is unusable
         return f"unreadable: {_first_line(e)}"
+
+
+def _unsafe_reason(e: Exception) -> str:
+    m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|[Uu]nsupported [^.\n]+)", str(e))
+    return m.group(1) if m else _first_line(e)
 
 
 def _is_zip(path: Path) -> bool:

@@ -10,6 +10,7 @@ on a CPU machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,24 +40,32 @@ def _requirements() -> list[tuple[str, str | None]]:
     return reqs
 
 
-def missing_requirements(python: str | Path = sys.executable) -> list[str]:
-    """Requirements (torch included) that the given interpreter lacks or has at another pinned version."""
+def _missing(checks: list[tuple[str, str | None]]) -> list[str]:
+    import importlib.metadata as md
+    out = []
+    for name, ver in checks:
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            out.append(name)
+            continue
+        if ver and have.split("+")[0] != ver:
+            out.append(f"{name}=={ver}")
+    return out
+
+
+def missing_requirements(python: str | Path | None = None) -> list[str]:
+    """Requirements (torch included) that the interpreter lacks or has at another pinned version."""
     checks = [("torch", None), *_requirements()]
-    code = ("import importlib.metadata as m, json, sys\n"
-            "out = []\n"
-            "for name, ver in json.loads(sys.argv[1]):\n"
-            "    try:\n"
-            "        have = m.version(name)\n"
-            "    except m.PackageNotFoundError:\n"
-            "        out.append(name); continue\n"
-            "    if ver and have.split('+')[0] != ver: out.append(f'{name}=={ver}')\n"
-            "print(json.dumps(out))\n")
-    import json
+    if python is None:
+        return _missing(checks)
+    code = ("import json, sys; sys.path.insert(0, sys.argv[2]); import launch; "
+            "print(json.dumps(launch._missing(json.loads(sys.argv[1]))))")
     try:
-        res = subprocess.run([str(python), "-c", code, json.dumps(checks)], capture_output=True, text=True,
-                             timeout=120)
-        return json.loads(res.stdout.strip() or '["?"]')
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+        res = subprocess.run([str(python), "-c", code, json.dumps(checks), str(ROOT)], capture_output=True,
+                             text=True, timeout=120)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return ["?"]
 
 

@@ -54,7 +54,7 @@ def generate(page, data_dir, prompt: str):
     return saved
 
 
-def test_generate_in_browser_then_paste_back(page, data_dir):
+def test_generate_in_browser_then_paste_back(page, data_dir, server):
     # pick the tiny SD1 model from the checkpoint dropdown at the top
     page.click("#setting_sd_model_checkpoint input")
     page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
@@ -69,6 +69,19 @@ def test_generate_in_browser_then_paste_back(page, data_dir):
     assert saved.name.endswith("-4242.png")
     shown = page.locator("#html_info_txt2img").inner_text()
     assert "Seed: 4242" in shown
+
+    # the same request through the API path gives the same infotext and the same pixels
+    import base64
+    import io
+    import json
+
+    import httpx
+    r = httpx.post(server + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a yellow triangle at the top", "steps": 4, "width": 64, "height": 64, "seed": 4242,
+        "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": "tiny-sd1"}})
+    assert json.loads(r.json()["info"])["infotexts"][0] == text
+    api_image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert np.array_equal(np.asarray(api_image), np.asarray(Image.open(saved)))
 
     # PNG Info: drop the file, read its parameters, send them to txt2img, generate again -> same pixels
     set_number(page, "txt2img_seed", 1)

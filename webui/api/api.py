@@ -19,8 +19,8 @@ from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, StudioError
 from webui.core.request import fields_from_infotext
 from webui.engine import samplers as engine_samplers
-from webui.engine import saving
-from webui.engine.processing import Engine, result_json
+from webui.engine import sampling, saving
+from webui.engine.processing import IMAGE_UPSCALERS, Engine, result_json
 
 
 class PngInfoRequest(BaseModel):
@@ -181,6 +181,15 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
     def schedulers():
         return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
                 for name, label in core_samplers.SCHEDULES]
+
+    @r.get("/latent-upscale-modes")
+    def latent_upscale_modes():
+        return [{"name": m} for m in sampling.LATENT_UPSCALE_MODES]
+
+    @r.get("/upscalers")
+    def upscalers():
+        return [{"name": n, "model_name": None, "model_path": None, "model_url": None,
+                 "scale": 4 if n != "None" else 1} for n in IMAGE_UPSCALERS]
 
     @r.get("/sd-vae")
     def sd_vae():

@@ -128,7 +128,7 @@ def validate(req: GenerationRequest, limits: Limits) -> tuple[str, str]:
 
 def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed: int, subseed: int,
                     model_name: str, model_hash: str | None, clip_skip: int = 1,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    denoising: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The "Key: value" pairs of one image's infotext, in A1111's order."""
     p: dict[str, Any] = {
         "Steps": req.steps,
@@ -145,6 +145,8 @@ def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed
         p["Variation seed strength"] = req.subseed_strength
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
         p["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
+    if denoising is not None:
+        p["Denoising strength"] = denoising
     if clip_skip > 1:
         p["Clip skip"] = clip_skip
     p.update(extra or {})
@@ -165,6 +167,10 @@ _INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
     "Hires upscale": ("hr_scale", float),
     "Hires steps": ("hr_second_pass_steps", int),
     "Hires upscaler": ("hr_upscaler", str),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
 }
 
 
@@ -186,6 +192,12 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
         w, _, h = size.partition("x")
         if w.strip().isdigit() and h.strip().isdigit():
             out["width"], out["height"] = int(w), int(h)
+    out["enable_hr"] = any(k in parsed for k in ("Hires upscaler", "Hires upscale", "Hires resize"))
+    hires = str(parsed.get("Hires resize", ""))
+    if "x" in hires:
+        w, _, h = hires.partition("x")
+        if w.strip().isdigit() and h.strip().isdigit():
+            out["hr_resize_x"], out["hr_resize_y"] = int(w), int(h)
     resize = str(parsed.get("Seed resize from", ""))
     if "x" in resize:
         w, _, h = resize.partition("x")

@@ -39,6 +39,7 @@ class GenerationResult:
     job_timestamp: str = ""
     clip_skip: int = 1
     interrupted: bool = False
+    hires: HiresPlan | None = None
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -62,6 +63,48 @@ class GenerationResult:
         }
 
 
+IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+def hires_upscalers() -> list[str]:
+    return [*sampling.LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS]
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    width: int
+    height: int
+    upscaler: str
+    steps: int
+    denoising: float
+    sampler: str
+    schedule: str
+
+    def infotext(self, req: GenerationRequest) -> dict[str, Any]:
+        p: dict[str, Any] = {}
+        if req.hr_resize_x or req.hr_resize_y:
+            p["Hires resize"] = f"{self.width}x{self.height}"
+        else:
+            p["Hires upscale"] = req.hr_scale
+        if req.hr_second_pass_steps:
+            p["Hires steps"] = req.hr_second_pass_steps
+        p["Hires upscaler"] = self.upscaler
+        if req.hr_sampler_name or req.hr_scheduler:
+            p["Hires sampler"] = self.sampler
+            p["Hires schedule type"] = samplers_label(engine_samplers.effective_schedule(self.sampler,
+                                                                                         self.schedule))
+        if req.hr_prompt and req.hr_prompt != req.prompt:
+            p["Hires prompt"] = req.hr_prompt
+        if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
+            p["Hires negative prompt"] = req.hr_negative_prompt
+        return p
+
+
+def samplers_label(schedule: str) -> str:
+    from webui.core.samplers import schedule_label
+    return schedule_label(schedule)
+
+
 class Engine:
     def __init__(self, settings: Settings, paths: Paths, models: ModelManager, jobs: JobQueue | None = None):
         self.settings = settings
@@ -73,7 +116,9 @@ class Engine:
     def submit_txt2img(self, req: GenerationRequest, *, save: bool = True) -> Job:
         """Validate now (so bad input fails before queueing), then queue the job."""
         opts, sampler, schedule = self.prepare(req)
-        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save), "txt2img")
+        hires = self.hires_plan(req, opts, sampler, schedule)
+        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save, hires),
+                                "txt2img")
 
     def txt2img(self, req: GenerationRequest, *, save: bool = True) -> GenerationResult:
         return self.submit_txt2img(req, save=save).wait()
@@ -97,9 +142,43 @@ class Engine:
             raise InvalidField("sd_model_checkpoint", str(e)) from None
         return opts, sampler, schedule
 
+    def hires_plan(self, req: GenerationRequest, opts: dict, sampler: str, schedule: str) -> HiresPlan | None:
+        """The second pass of hires fix, checked before any work starts; None when it is off."""
+        if not req.enable_hr:
+            return None
+        upscaler = req.hr_upscaler or "Latent"
+        if upscaler not in hires_upscalers():
+            raise InvalidField("hr_upscaler", f"unknown upscaler {upscaler!r}; valid: {', '.join(hires_upscalers())}")
+        if req.hr_resize_x or req.hr_resize_y:
+            w = req.hr_resize_x or round(req.hr_resize_y * req.width / req.height)
+            h = req.hr_resize_y or round(req.hr_resize_x * req.height / req.width)
+        else:
+            if not 1.0 <= req.hr_scale <= 8.0:
+                raise InvalidField("hr_scale", f"hr_scale must be between 1 and 8, got {req.hr_scale!r}")
+            w, h = int(req.width * req.hr_scale), int(req.height * req.hr_scale)
+        w, h = w // 8 * 8, h // 8 * 8
+        side = int(opts["max_image_side"])
+        if not (64 <= w <= side and 64 <= h <= side):
+            raise InvalidField("hr_scale", f"the hires size {w}x{h} must be within 64..{side} on each side")
+        denoise = 0.7 if req.denoising_strength is None else float(req.denoising_strength)
+        if not 0.0 <= denoise <= 1.0:
+            raise InvalidField("denoising_strength", "denoising_strength must be between 0 and 1")
+        if req.hr_second_pass_steps < 0:
+            raise InvalidField("hr_second_pass_steps", "hr_second_pass_steps must be 0 (same as steps) or more")
+        hr_sampler, hr_schedule = sampler, schedule
+        if req.hr_sampler_name or req.hr_scheduler:
+            from webui.core.samplers import split_sampler
+            try:
+                hr_sampler, hr_schedule = split_sampler(req.hr_sampler_name or sampler, req.hr_scheduler or None)
+            except ValueError as e:
+                raise InvalidField("hr_sampler_name", str(e)) from None
+            if hr_sampler not in engine_samplers.available():
+                raise InvalidField("hr_sampler_name", f"unknown sampler {hr_sampler!r}")
+        return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule)
+
     # -- the job ---------------------------------------------------------------------------------------------
     def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
-                 save: bool) -> GenerationResult:
+                 save: bool, hires: HiresPlan | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         pipe = model.pipe
         device = model.placement.device
@@ -115,16 +194,20 @@ class Engine:
                                model.info.shorthash, sampler, schedule,
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
         res.notes.extend(model.notes)
+        res.hires = hires
         job.progress.job = "txt2img"
         job.progress.job_count = req.n_iter
-        job.progress.sampling_steps = req.steps
+        job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         latent_shape = (pipe.unet.config.in_channels, req.height // scale, req.width // scale)
         resize_from = None
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
             resize_from = (req.seed_resize_from_w // scale, req.seed_resize_from_h // scale)
         preview_every = int(opts.get("show_progress_every_n_steps", 5)) if opts.get("live_previews_enable") else 0
-        min_chunks = max(len(conditioning.chunk_ids(pipe.tokenizer, p)) for p in {req.prompt, req.negative_prompt})
+        texts = {req.prompt, req.negative_prompt}
+        if hires:
+            texts |= {req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt}
+        min_chunks = max(len(conditioning.chunk_ids(pipe.tokenizer, p)) for p in texts)
         encoded: dict[tuple[str, ...], conditioning.Cond] = {}
 
         def cond_for(texts: list[str]) -> conditioning.Cond:
@@ -158,6 +241,9 @@ class Engine:
             latents = latents.to(device) * scheduler.init_noise_sigma
             try:
                 latents = sampling.sample(pipe.unet, plan, latents, scheduler.timesteps)
+                if hires:
+                    latents = self._hires_pass(job, req, hires, model, latents, gens, cond_for, sl, opts,
+                                               preview_every)
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -191,8 +277,41 @@ class Engine:
         job.progress.sampling_step = req.steps
         return res
 
-    def _progress_hook(self, job: Job, pipe, every: int, opts: dict):
+    def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
+                    latents: torch.Tensor, gens: list, cond_for, sl: slice, opts: dict, preview_every: int):
+        """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
+        pipe = model.pipe
+        device = model.placement.device
+        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        lh, lw = hr.height // scale, hr.width // scale
+        if hr.upscaler in sampling.LATENT_UPSCALE_MODES:
+            init = sampling.upscale_latents(latents.float(), hr.upscaler, lh, lw)
+        else:
+            from PIL import Image
+            first, _ = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
+            method = Image.Resampling.NEAREST if hr.upscaler == "Nearest" else Image.Resampling.LANCZOS
+            big = [im.resize((hr.width, hr.height), method) for im in sampling.to_pil(first)]
+            init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
+        scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config))
+        timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device)
+        from diffusers.utils.torch_utils import randn_tensor
+        noise = torch.cat([randn_tensor((1, init.shape[1], lh, lw), generator=g, device=device) for g in gens])
+        start = sampling.noised_start(scheduler, init.to(device), noise, timesteps)
+        n = sl.stop - sl.start
+        prompts = [req.hr_prompt or req.prompt] * n
+        negatives = [req.hr_negative_prompt or req.negative_prompt] * n
+        plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
+                                     cond=cond_for(prompts), uncond=cond_for(negatives), generators=gens,
+                                     per_image=device.type == "cpu", eta=req.eta)
+        if model.is_sdxl:
+            ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
+            plan.added_time_ids = ids.repeat(n, 1).to(device)
+        plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
+        return sampling.sample(pipe.unet, plan, start, timesteps)
+
+    def _progress_hook(self, job: Job, pipe, every: int, opts: dict, offset: int = 0):
         def hook(i: int, latents: torch.Tensor) -> None:
+            i += offset
             job.progress.sampling_step = i + 1
             job.progress.textinfo = f"Step {i + 1}/{job.progress.sampling_steps}"
             if every and (i + 1) % every == 0 and i + 1 < job.progress.sampling_steps:
@@ -217,7 +336,9 @@ class Engine:
                   clip_skip: int) -> str:
         params = infotext_params(req, sampler=res.sampler, schedule=engine_samplers.effective_schedule(
             res.sampler, res.schedule), seed=res.seeds[i], subseed=res.subseeds[i],
-            model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip)
+            model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip,
+            denoising=res.hires.denoising if res.hires else None,
+            extra=res.hires.infotext(req) if res.hires else None)
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
     def _outdir(self, opts: dict, key: str, _opts: dict | None = None) -> Path:

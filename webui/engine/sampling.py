@@ -125,3 +125,51 @@ def to_pil(images: torch.Tensor) -> list:
     from PIL import Image
     arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     return [Image.fromarray(a) for a in arr]
+
+
+def partial_timesteps(scheduler, steps: int, strength: float, device) -> torch.Tensor:
+    """The tail of a `steps`-step schedule that img2img-style passes run: int(steps * strength) steps."""
+    scheduler.set_timesteps(steps, device=device)
+    run = min(int(steps * strength), steps)
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+def noised_start(scheduler, init_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Init latents noised to the first timestep of the partial schedule (unchanged when nothing runs)."""
+    if len(timesteps) == 0:
+        return init_latents
+    return scheduler.add_noise(init_latents, noise.to(init_latents.dtype), timesteps[:1].repeat(len(init_latents)))
+
+
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+def upscale_latents(latents: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
+    interp, antialias = LATENT_UPSCALE_MODES[mode]
+    kw = {"antialias": antialias} if interp in ("bilinear", "bicubic") else {}
+    return torch.nn.functional.interpolate(latents, size=(height, width), mode=interp, **kw)
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) -> scaled latents (the distribution's mode: deterministic)."""
+    x = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+    z = vae.encode(x).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((z - shift) * vae.config.scaling_factor).float()
+
+
+def to_tensor(images: list) -> torch.Tensor:
+    import numpy as np
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)

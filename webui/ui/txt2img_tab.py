@@ -1,15 +1,13 @@
 """The txt2img tab: builds a GenerationRequest from its widgets and follows the job's progress."""
 from __future__ import annotations
 
-import random
-
 import gradio as gr
 
 from webui.core import samplers as core_samplers
 from webui.core.errors import StudioError
 from webui.core.request import GenerationRequest
 from webui.engine import samplers as engine_samplers
-from webui.engine.processing import Engine
+from webui.engine.processing import Engine, hires_upscalers
 from webui.ui.common import error_html, info_html, progress_html
 
 
@@ -48,6 +46,21 @@ class Txt2ImgTab:
                                             elem_id="txt2img_batch_count")
                     batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
                 cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+                with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+                    enable_hr = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
+                    with gr.Row():
+                        hr_upscaler = gr.Dropdown(hires_upscalers(), value="Latent", label="Upscaler",
+                                                  elem_id="txt2img_hr_upscaler")
+                        hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                             elem_id="txt2img_hires_steps")
+                        denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                            elem_id="txt2img_denoising_strength")
+                    with gr.Row():
+                        hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+                        hr_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id="txt2img_hr_resize_x")
+                        hr_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id="txt2img_hr_resize_y")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed")
                     random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", size="sm", min_width=40)
@@ -61,7 +74,10 @@ class Txt2ImgTab:
         last_seed = gr.State(-1)
         self.fields = {"prompt": prompt, "negative_prompt": negative, "sampler_name": sampler,
                        "scheduler": schedule, "steps": steps, "width": width, "height": height,
-                       "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed}
+                       "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
+                       "enable_hr": enable_hr, "hr_upscaler": hr_upscaler, "hr_second_pass_steps": hr_steps,
+                       "denoising_strength": denoise, "hr_scale": hr_scale, "hr_resize_x": hr_x,
+                       "hr_resize_y": hr_y}
         inputs = list(self.fields.values())
 
         def run(*values):
@@ -72,7 +88,11 @@ class Txt2ImgTab:
                     sampler_name=kw["sampler_name"], scheduler=kw["scheduler"], steps=int(kw["steps"]),
                     width=int(kw["width"]), height=int(kw["height"]), n_iter=int(kw["n_iter"]),
                     batch_size=int(kw["batch_size"]), cfg_scale=float(kw["cfg_scale"]),
-                    seed=int(kw["seed"]) if kw["seed"] not in (None, "") else -1)
+                    seed=int(kw["seed"]) if kw["seed"] not in (None, "") else -1,
+                    enable_hr=bool(kw["enable_hr"]), hr_upscaler=kw["hr_upscaler"],
+                    hr_second_pass_steps=int(kw["hr_second_pass_steps"]),
+                    denoising_strength=float(kw["denoising_strength"]), hr_scale=float(kw["hr_scale"]),
+                    hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]))
                 job = e.submit_txt2img(req, save=bool(e.settings.get("samples_save", True)))
             except (StudioError, ValueError, TypeError) as err:
                 yield gr.update(), gr.update(), "", error_html(err), gr.update()
@@ -103,4 +123,3 @@ class Txt2ImgTab:
         skip.click(lambda: e.jobs.skip(), None, None, queue=False)
         random_seed.click(lambda: -1, None, seed, queue=False)
         reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
-        self._random = random  # keep import used for seed helpers

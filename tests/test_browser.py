@@ -63,6 +63,7 @@ def test_generate_in_browser_then_paste_back(page, data_dir, server):
                    ("txt2img_seed", 4242)):
         set_number(page, eid, v)
     saved = generate(page, data_dir, "a yellow triangle at the top")
+    assert page.locator("#txt2img_token_counter").inner_text().strip() == "6/75"
     text = Image.open(saved).info["parameters"]
     assert text.startswith("a yellow triangle at the top\n")
     assert "Steps: 4" in text and "Seed: 4242" in text and "Size: 64x64" in text and "Model: tiny-sd1" in text

@@ -176,6 +176,11 @@ class Engine:
                 raise InvalidField("hr_sampler_name", f"unknown sampler {hr_sampler!r}")
         return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule)
 
+    def token_count(self, text: str) -> tuple[int, int]:
+        """(tokens, capacity) of a prompt as the UI shows it next to the prompt box ("12/75")."""
+        from webui.models.loader import tokenizer
+        return conditioning.token_count(tokenizer(), text)
+
     # -- the job ---------------------------------------------------------------------------------------------
     def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                  save: bool, hires: HiresPlan | None = None) -> GenerationResult:

@@ -25,6 +25,9 @@ class Txt2ImgTab:
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
                                     placeholder="a large red circle on the left, blue background")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+                with gr.Row():
+                    token_counter = gr.HTML("0/75", elem_id="txt2img_token_counter")
+                    neg_token_counter = gr.HTML("0/75", elem_id="txt2img_negative_token_counter")
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
                 with gr.Row():
@@ -119,6 +122,12 @@ class Txt2ImgTab:
                        concurrency_limit=None, show_progress="hidden")
         prompt.submit(run, inputs, [gallery, progress, info, error, last_seed], concurrency_limit=None,
                       show_progress="hidden")
+        def count(text: str) -> str:
+            n, cap = e.token_count(text or "")
+            return f"<span class='token-counter'>{n}/{cap}</span>"
+
+        prompt.change(count, prompt, token_counter, queue=False, show_progress="hidden")
+        negative.change(count, negative, neg_token_counter, queue=False, show_progress="hidden")
         interrupt.click(lambda: e.jobs.interrupt(), None, None, queue=False)
         skip.click(lambda: e.jobs.skip(), None, None, queue=False)
         random_seed.click(lambda: -1, None, seed, queue=False)

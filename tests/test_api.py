@@ -17,8 +17,8 @@ BASE = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "cfg_sc
         "override_settings": {"sd_model_checkpoint": SD1}}
 
 
-def post(url, path, body, **kw):
-    return httpx.post(url + path, json=body, timeout=120, **kw)
+def post(url, path, body, timeout=300, **kw):
+    return httpx.post(url + path, json=body, timeout=timeout, **kw)
 
 
 def pixels(b64: str) -> np.ndarray:
@@ -298,7 +298,8 @@ def test_skip_moves_to_next_batch(server):
     results = {}
 
     def job():
-        results["r"] = post(server, "/sdapi/v1/txt2img", {**BASE, "steps": 60, "n_iter": 3, "seed": 50})
+        results["r"] = post(server, "/sdapi/v1/txt2img", {**BASE, "steps": 40, "n_iter": 3, "seed": 50},
+                            timeout=600)
 
     t = threading.Thread(target=job)
     t.start()
@@ -309,7 +310,7 @@ def test_skip_moves_to_next_batch(server):
             break
         time.sleep(0.05)
     assert post(server, "/sdapi/v1/skip", {}).status_code == 200
-    t.join(120)
+    t.join(600)
     info = json.loads(results["r"].json()["info"])
     # the first batch was skipped, the other two were made with their own seeds
     seeds = [int(x.split("Seed: ")[1].split(",")[0]) for x in info["infotexts"][info["index_of_first_image"]:]]

@@ -83,6 +83,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
                     merged = dict(value)
                     if "sd_model_checkpoint" in merged and not _resolvable(models, merged["sd_model_checkpoint"]):
                         merged.pop("sd_model_checkpoint")
+                    if merged.get("sd_vae") and merged["sd_vae"] not in models.vae_names():
+                        merged.pop("sd_vae")
                     merged.update(req.override_settings)
                     req.override_settings = merged
                 elif key not in body.model_fields_set:
@@ -133,6 +135,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
         if not isinstance(body, dict):
             raise BadRequest("options must be a JSON object")
         ckpt = body.get("sd_model_checkpoint")
+        if body.get("sd_vae"):
+            models.check_vae_choice(body["sd_vae"])
         if ckpt:
             info = models.find(ckpt)   # NotFound (404) names the valid checkpoints
             engine.jobs.run(lambda job: models.get(info.title), "load checkpoint")
@@ -193,7 +197,32 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
 
     @r.get("/sd-vae")
     def sd_vae():
-        return []
+        return [v.api_item() for v in models.vaes]
+
+    @r.post("/refresh-vae")
+    def refresh_vae():
+        models.refresh_vaes()
+        return None
+
+    @r.get("/loras")
+    def loras():
+        return [i.api_item() for i in models.loras]
+
+    @r.post("/refresh-loras")
+    def refresh_loras():
+        models.refresh_loras()
+        return None
+
+    @r.get("/embeddings")
+    def embeddings():
+        loaded, skipped = models.embeddings()
+        return {"loaded": {n: e.api_item() for n, e in loaded.items()},
+                "skipped": {n: {"reason": reason} for n, reason in skipped.items()}}
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings():
+        models.refresh_embeddings()
+        return None
 
     @r.get("/prompt-styles")
     def prompt_styles():

@@ -128,7 +128,8 @@ def validate(req: GenerationRequest, limits: Limits) -> tuple[str, str]:
 
 def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed: int, subseed: int,
                     model_name: str, model_hash: str | None, clip_skip: int = 1,
-                    denoising: float | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    denoising: float | None = None, vae_name: str | None = None, vae_hash: str | None = None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The "Key: value" pairs of one image's infotext, in A1111's order."""
     p: dict[str, Any] = {
         "Steps": req.steps,
@@ -139,6 +140,8 @@ def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": model_name,
+        "VAE hash": vae_hash,
+        "VAE": vae_name,
     }
     if req.subseed_strength > 0:
         p["Variation seed"] = subseed
@@ -211,6 +214,8 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
             pass
     if parsed.get("Model"):
         overrides["sd_model_checkpoint"] = str(parsed["Model"])
+    if parsed.get("VAE"):
+        overrides["sd_vae"] = str(parsed["VAE"])
     if overrides:
         out["override_settings"] = overrides
     return out

@@ -18,6 +18,7 @@ from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.jobs import Job, JobQueue
 from webui.models.manager import LoadedModel, ModelManager
+from webui.models.vae import swap_vae
 
 
 @dataclass
@@ -40,6 +41,7 @@ class GenerationResult:
     clip_skip: int = 1
     interrupted: bool = False
     hires: HiresPlan | None = None
+    vae: Any = None               # VaeInfo of a VAE file in use, None for the checkpoint's own
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -52,8 +54,9 @@ class GenerationResult:
             "width": r.width, "height": r.height, "sampler_name": self.sampler,
             "scheduler": self.schedule, "cfg_scale": r.cfg_scale, "steps": r.steps,
             "batch_size": r.batch_size, "restore_faces": False, "face_restoration_model": None,
-            "sd_model_name": self.model, "sd_model_hash": self.model_hash, "sd_vae_name": None,
-            "sd_vae_hash": None, "seed_resize_from_w": r.seed_resize_from_w,
+            "sd_model_name": self.model, "sd_model_hash": self.model_hash,
+            "sd_vae_name": self.vae.name if self.vae else None,
+            "sd_vae_hash": self.vae.shorthash if self.vae else None, "seed_resize_from_w": r.seed_resize_from_w,
             "seed_resize_from_h": r.seed_resize_from_h, "denoising_strength": r.denoising_strength,
             "extra_generation_params": {}, "index_of_first_image": self.index_of_first_image,
             "infotexts": self.infotexts, "styles": r.styles, "job_timestamp": self.job_timestamp,
@@ -140,6 +143,10 @@ class Engine:
             self.models.find(opts.get("sd_model_checkpoint") or None)
         except NotFound as e:
             raise InvalidField("sd_model_checkpoint", str(e)) from None
+        try:
+            self.models.check_vae_choice(opts.get("sd_vae"))
+        except NotFound as e:
+            raise InvalidField("sd_vae", str(e)) from None
         return opts, sampler, schedule
 
     def hires_plan(self, req: GenerationRequest, opts: dict, sampler: str, schedule: str) -> HiresPlan | None:
@@ -185,6 +192,13 @@ class Engine:
     def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                  save: bool, hires: HiresPlan | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
+        vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
+        with swap_vae(model.pipe, vae):
+            res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info)
+        return res
+
+    def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
+                      save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info) -> GenerationResult:
         pipe = model.pipe
         device = model.placement.device
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
@@ -200,6 +214,7 @@ class Engine:
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
         res.notes.extend(model.notes)
         res.hires = hires
+        res.vae = vae_info
         job.progress.job = "txt2img"
         job.progress.job_count = req.n_iter
         job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
@@ -343,6 +358,7 @@ class Engine:
             res.sampler, res.schedule), seed=res.seeds[i], subseed=res.subseeds[i],
             model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip,
             denoising=res.hires.denoising if res.hires else None,
+            vae_name=res.vae.name if res.vae else None, vae_hash=res.vae.shorthash if res.vae else None,
             extra=res.hires.infotext(req) if res.hires else None)
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 

@@ -14,6 +14,9 @@ from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core.errors import ModelLoadError, NotFound
 from webui.models import checkpoints
+from webui.models import embeddings as ti
+from webui.models import lora as lora_lib
+from webui.models import vae as vae_lib
 from webui.models.checkpoints import CheckpointInfo
 from webui.models.hashes import HashCache
 from webui.models.loader import build_pipeline, read_state_dict
@@ -70,8 +73,14 @@ class ModelManager:
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self.checkpoints: list[CheckpointInfo] = []
+        self.loras: list[lora_lib.LoraInfo] = []
+        self.vaes: list[vae_lib.VaeInfo] = []
+        self._embeddings: dict[tuple, tuple[dict, dict]] = {}
+        self._vae_cache: dict[tuple, object] = {}
         self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
         self.refresh()
+        self.refresh_loras()
+        self.refresh_vaes()
 
     # -- listing ---------------------------------------------------------------------------------------------
     def refresh(self) -> list[CheckpointInfo]:
@@ -79,6 +88,63 @@ class ModelManager:
         with self._lock:
             self.checkpoints = found
         return found
+
+    def refresh_loras(self) -> list[lora_lib.LoraInfo]:
+        self.loras = lora_lib.scan_loras(self.paths.lora, previous=self.loras)
+        return self.loras
+
+    def refresh_vaes(self) -> list[vae_lib.VaeInfo]:
+        self.vaes = vae_lib.scan_vaes(self.paths.vae, self.paths.checkpoints, previous=self.vaes)
+        with self._lock:
+            self._vae_cache.clear()
+        return self.vaes
+
+    def refresh_embeddings(self) -> None:
+        with self._lock:
+            self._embeddings.clear()
+
+    def embeddings(self, model: LoadedModel | None = None) -> tuple[dict, dict]:
+        """(loaded by name, skipped name -> reason) for a model's text encoders (the current one by default)."""
+        model = model or self.current
+        if model is None:
+            return {}, {}
+        dims = ti.encoder_dims(model.pipe)
+        key = tuple(sorted(dims.items()))
+        with self._lock:
+            if key not in self._embeddings:
+                previous = [e for loaded, _ in self._embeddings.values() for e in loaded.values()]
+                self._embeddings[key] = ti.scan_embeddings(self.paths.embeddings, dims, previous=previous)
+            return self._embeddings[key]
+
+    def vae_names(self) -> list[str]:
+        return ["Automatic", "None", *[v.name for v in self.vaes]]
+
+    def check_vae_choice(self, choice: str | None) -> None:
+        if choice and choice not in ("Automatic", "None") and vae_lib.find_vae(self.vaes, choice) is None:
+            raise NotFound(f"unknown VAE {choice!r}; valid: {', '.join(self.vae_names())}")
+
+    def vae_for(self, model: LoadedModel, choice: str | None):
+        """(VaeInfo or None, a loaded VAE to swap in or None) for the sd_vae setting: "Automatic" takes a
+        `<checkpoint>.vae.*` file when there is one, "None" the checkpoint's own VAE, else the named file."""
+        if not choice or choice == "None":
+            return None, None
+        info = (vae_lib.vae_near_checkpoint(self.vaes, model.info.filename) if choice == "Automatic"
+                else vae_lib.find_vae(self.vaes, choice))
+        if info is None:
+            if choice != "Automatic":
+                raise NotFound(f"unknown VAE {choice!r}; valid: {', '.join(self.vae_names())}")
+            return None, None
+        key = (str(info.path), info.mtime, model.info.name)
+        with self._lock:
+            vae = self._vae_cache.get(key)
+            if vae is None:
+                try:
+                    vae = vae_lib.load_vae(info.path, model.pipe.vae)
+                except ValueError as e:
+                    raise ModelLoadError(f"VAE {info.name} could not be loaded: {e}") from None
+                self._vae_cache.clear()
+                self._vae_cache[key] = vae
+        return info, vae
 
     def usable(self) -> list[CheckpointInfo]:
         return [c for c in self.checkpoints if c.error is None]

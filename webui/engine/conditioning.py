@@ -1,9 +1,14 @@
-"""Text conditioning: prompts -> text-encoder embeddings, in 75-token chunks as A1111 does."""
+"""Text conditioning with A1111's prompt language: emphasis weights, 75-token chunks with BREAK and the comma
+rule, textual-inversion embeddings, clip skip, SDXL's two encoders; scheduled prompts are encoded once per
+distinct text per job."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from webui.core import prompt_parser as pp
+from webui.models import embeddings as ti
 
 CHUNK = 75
 
@@ -15,69 +20,128 @@ class Cond:
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
 
-    @property
-    def chunks(self) -> int:
-        return self.embeds.shape[1] // (CHUNK + 2)
 
-
-def chunk_ids(tokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
-    """Token ids split into 75-token chunks, each wrapped in BOS/EOS and padded to 77."""
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-    chunks = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
-    while len(chunks) < min_chunks:
-        chunks.append([])
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id
-    out = []
-    for c in chunks:
-        row = [bos, *c, eos]
-        out.append(row + [pad] * (CHUNK + 2 - len(row)))
+def _encoders(pipe, family: str) -> list[tuple[object, object, str]]:
+    out = [(pipe.tokenizer, pipe.text_encoder, "text_encoder")]
+    if family == "sdxl":
+        out.append((pipe.tokenizer_2, pipe.text_encoder_2, "text_encoder_2"))
     return out
+
+
+@dataclass
+class PromptEncoder:
+    """Encodes the prompts of one job; every distinct text is chunked and encoded once."""
+
+    pipe: object
+    family: str
+    clip_skip: int = 1
+    emphasis: str = "Original"                       # Original, No norm, Ignore, None
+    embeddings: dict = field(default_factory=dict)   # name -> Embedding (those matching this model)
+    used_embeddings: dict = field(default_factory=dict)
+    _chunks: dict = field(default_factory=dict)
+    _encoded: dict = field(default_factory=dict)
+    _lookups: dict = field(default_factory=dict)
+
+    def runs(self, text: str) -> list[tuple[str, float]]:
+        if self.emphasis == "None":
+            return [(text, 1.0)]
+        runs = pp.parse_prompt_attention(text)
+        if self.emphasis == "Ignore":
+            runs = [(t, 1.0 if w >= 0 else w) for t, w in runs]
+        return runs
+
+    def chunks(self, text: str, tokenizer, key: str) -> list[pp.TokenChunk]:
+        ck = (text, key)
+        if ck not in self._chunks:
+            if key not in self._lookups:
+                usable = {n: e for n, e in self.embeddings.items() if key in e.vectors}
+                self._lookups[key] = (ti.EmbeddingLookup(usable, tokenizer), usable)
+            lookup, usable = self._lookups[key]
+
+            def find(ids, offset):
+                hit = lookup.find(ids, offset) if lookup else None
+                if hit is None:
+                    return None
+                emb, n_tokens = hit
+                return pp.EmbeddingMatch(emb.name, n_tokens, emb.n_vectors)
+
+            comma = tokenizer(",", add_special_tokens=False)["input_ids"]
+            self._chunks[ck] = pp.chunk_tokens(
+                self.runs(text), lambda t: tokenizer(t, add_special_tokens=False, truncation=False)["input_ids"],
+                comma[0] if len(comma) == 1 else None, embedding_lookup=find if usable else None)
+        return self._chunks[ck]
+
+    def chunk_count(self, texts: list[str]) -> int:
+        tok = self.pipe.tokenizer
+        return max(len(self.chunks(t, tok, "text_encoder")) for t in texts)
+
+    @torch.no_grad()
+    def encode_one(self, text: str, n_chunks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key = (text, n_chunks)
+        if key in self._encoded:
+            return self._encoded[key]
+        hidden_parts, pooled = [], None
+        for tokenizer, encoder, enc_key in _encoders(self.pipe, self.family):
+            chunks = list(self.chunks(text, tokenizer, enc_key))
+            chunks += [pp.TokenChunk([], [], [])] * (n_chunks - len(chunks))
+            bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+            rows, weights, reps = [], [], []
+            for c in chunks:
+                row = [bos, *c.tokens, eos]
+                rows.append(row + [pad] * (CHUNK + 2 - len(row)))
+                weights.append([1.0, *c.weights] + [1.0] * (CHUNK + 1 - len(c.weights)))
+                rep = []
+                for offset, name in c.embeddings:
+                    emb = self.embeddings[name]
+                    self.used_embeddings[name] = emb
+                    rep.append((offset + 1, emb.vectors[enc_key]))
+                reps.append(rep)
+            device = encoder.device
+            ids = torch.tensor(rows, device=device)
+            sdxl = self.family == "sdxl"
+            layer = -(self.clip_skip + 1) if sdxl else (None if self.clip_skip <= 1 else -self.clip_skip)
+            out = ti.encode_with_embeddings(encoder, ids, reps, output_hidden_states=layer is not None)
+            if layer is None:
+                z = out[0]
+            else:
+                z = out.hidden_states[layer]
+                if not sdxl:   # SD1/SD2 apply the final norm to a skipped layer, SDXL does not
+                    z = getattr(encoder, "text_model", encoder).final_layer_norm(z)
+            z = self._emphasise(z.float(), torch.tensor(weights, device=z.device))
+            hidden_parts.append(z.reshape(1, -1, z.shape[-1]))
+            if hasattr(out, "text_embeds"):
+                pooled = out.text_embeds[:1].float()
+        result = (torch.cat(hidden_parts, dim=-1), pooled)
+        self._encoded[key] = result
+        return result
+
+    def _emphasise(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """A1111's "Original": scale each token's embedding by its weight, then restore each chunk's mean."""
+        if self.emphasis in ("Ignore", "None") or bool((w == 1).all()):
+            return z
+        out = []
+        for zc, wc in zip(z, w):
+            before = zc.mean()
+            zc = zc * wc[:, None]
+            if self.emphasis == "Original":
+                zc = zc * (before / zc.mean())
+            out.append(zc)
+        return torch.stack(out)
+
+    def encode(self, texts: list[str], n_chunks: int) -> Cond:
+        dtype = self.pipe.unet.dtype
+        parts = [self.encode_one(t, n_chunks) for t in texts]
+        embeds = torch.cat([p[0] for p in parts]).to(dtype)
+        pooled = None if parts[0][1] is None else torch.cat([p[1] for p in parts]).to(dtype)
+        return Cond(embeds, pooled)
 
 
 def token_count(tokenizer, text: str) -> tuple[int, int]:
     """(tokens used, capacity) as A1111 shows next to the prompt box ("12/75")."""
-    n = len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
-    return n, max(1, -(-n // CHUNK)) * CHUNK
-
-
-def _encode_chunks(encoder, ids: list[list[int]], device, layer: int | None, final_norm: bool):
-    """Hidden states of one prompt's chunks concatenated; layer=None means the last layer."""
-    batch = torch.tensor(ids, device=device)
-    out = encoder(batch, output_hidden_states=layer is not None)
-    if layer is None:
-        hidden = out[0]
-    else:
-        hidden = out.hidden_states[layer]
-        if final_norm:
-            tm = getattr(encoder, "text_model", encoder)
-            hidden = tm.final_layer_norm(hidden)
-    pooled = out[0] if hasattr(out, "text_embeds") else None
-    return hidden.reshape(1, -1, hidden.shape[-1]), (None if pooled is None else pooled[:1])
-
-
-@torch.no_grad()
-def encode(pipe, family: str, prompts: list[str], clip_skip: int = 1, min_chunks: int = 1) -> Cond:
-    """Encode each prompt (identical prompts once); SD1/SD2 use one encoder, SDXL both plus the pooled output."""
-    device = pipe.unet.device if hasattr(pipe.unet, "device") else torch.device("cpu")
-    dtype = pipe.unet.dtype
-    memo: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    n_chunks = max([min_chunks] + [len(chunk_ids(pipe.tokenizer, p)) for p in prompts])
-    for p in prompts:
-        if p in memo:
-            continue
-        if family == "sdxl":
-            ids1 = chunk_ids(pipe.tokenizer, p, n_chunks)
-            ids2 = chunk_ids(pipe.tokenizer_2, p, n_chunks)
-            # SDXL conditions on the penultimate layer of both encoders, without the final norm.
-            h1, _ = _encode_chunks(pipe.text_encoder, ids1, device, -(clip_skip + 1), False)
-            h2, pooled = _encode_chunks(pipe.text_encoder_2, ids2, device, -(clip_skip + 1), False)
-            memo[p] = (torch.cat([h1, h2], dim=-1), pooled)
-        else:
-            ids = chunk_ids(pipe.tokenizer, p, n_chunks)
-            layer = None if clip_skip <= 1 else -clip_skip
-            memo[p] = _encode_chunks(pipe.text_encoder, ids, device, layer, True)
-    embeds = torch.cat([memo[p][0] for p in prompts]).to(dtype)
-    pooled = None if family != "sdxl" else torch.cat([memo[p][1] for p in prompts]).to(dtype)
-    return Cond(embeds, pooled)
-
+    clean, _ = pp.parse_extra_networks(text)
+    comma = tokenizer(",", add_special_tokens=False)["input_ids"]
+    chunks = pp.chunk_tokens(pp.parse_prompt_attention(clean),
+                             lambda t: tokenizer(t, add_special_tokens=False, truncation=False)["input_ids"],
+                             comma[0] if len(comma) == 1 else None)
+    n = pp.token_count(chunks)
+    return n, pp.token_limit(n)

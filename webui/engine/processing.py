@@ -12,11 +12,14 @@ import torch
 from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core import infotext as infotext_fmt
+from webui.core import prompt_parser
 from webui.core.errors import InvalidField, NotFound, StudioError
 from webui.core.request import VERSION, GenerationRequest, Limits, infotext_params, resolve_seed, validate
 from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.jobs import Job, JobQueue
+from webui.models.embeddings import ti_hashes_infotext
+from webui.models.lora import apply_loras, find_lora, lora_hashes_infotext
 from webui.models.manager import LoadedModel, ModelManager
 from webui.models.vae import swap_vae
 
@@ -42,6 +45,7 @@ class GenerationResult:
     interrupted: bool = False
     hires: HiresPlan | None = None
     vae: Any = None               # VaeInfo of a VAE file in use, None for the checkpoint's own
+    extra_params: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -101,6 +105,52 @@ class HiresPlan:
         if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
             p["Hires negative prompt"] = req.hr_negative_prompt
         return p
+
+
+@dataclass
+class ExtraNetworks:
+    items: list = field(default_factory=list)     # (LoraInfo, te weight, unet weight)
+    used: list = field(default_factory=list)      # (name as written, LoraInfo)
+    warnings: list[str] = field(default_factory=list)
+
+
+class JobPrompts:
+    """The prompts of one pass: extra-network tags removed, AND parts with weights, prompt-editing schedules;
+    gives the sampling loop its conditioning per step (each distinct text encoded once)."""
+
+    def __init__(self, encoder: conditioning.PromptEncoder, prompts: list[str], negatives: list[str], steps: int,
+                 hires_steps: int | None = None):
+        self.encoder = encoder
+        clean = [prompt_parser.parse_extra_networks(p)[0] for p in prompts]
+        self.parts = [prompt_parser.split_and(p) for p in clean]
+        sched = prompt_parser.get_learned_conditioning_prompt_schedules
+        self.pos = [[(sched([t], steps, hires_steps)[0], w) for t, w in parts] for parts in self.parts]
+        self.neg = sched([prompt_parser.parse_extra_networks(n)[0] for n in negatives], steps, hires_steps)
+
+    def texts(self) -> set[str]:
+        out = {text for parts in self.pos for s, _ in parts for _, text in s}
+        return out | {text for s in self.neg for _, text in s}
+
+    def chunk_count(self) -> int:
+        return self.encoder.chunk_count(sorted(self.texts()))
+
+    def conditioning(self, sl: slice, n_chunks: int):
+        pos, neg = self.pos[sl], self.neg[sl]
+        if len({len(p) for p in pos}) > 1:
+            raise InvalidField("prompt", "every prompt of a batch must have the same number of AND parts")
+        memo: dict = {}
+
+        def at(step: int):
+            key = (tuple(tuple(prompt_parser.schedule_for_step(s, step) for s, _ in parts) for parts in pos),
+                   tuple(prompt_parser.schedule_for_step(s, step) for s in neg))
+            if key not in memo:
+                part_texts, neg_texts = key
+                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks), pos[0][j][1])
+                         for j in range(len(pos[0]))]
+                memo.clear()   # schedules move forward: keep only the current step's tensors
+                memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks))
+            return memo[key]
+        return at
 
 
 def samplers_label(schedule: str) -> str:
@@ -193,12 +243,40 @@ class Engine:
                  save: bool, hires: HiresPlan | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
-        with swap_vae(model.pipe, vae):
-            res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info)
+        networks = self._extra_networks(req)
+        try:
+            with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items):
+                res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
+                                         networks)
+        except ValueError as e:   # a LoRA file that does not fit this model
+            raise InvalidField("prompt", str(e)) from None
         return res
 
+    def _extra_networks(self, req: GenerationRequest) -> ExtraNetworks:
+        """The <lora:...> tags of the prompt (and hires prompt): what to apply, what was not found."""
+        found = ExtraNetworks()
+        if req.disable_extra_networks:
+            return found
+        for text in filter(None, {req.prompt, req.hr_prompt}):
+            _, tags = prompt_parser.parse_extra_networks(text)
+            for kind, params_list in tags.items():
+                for params in params_list:
+                    if kind not in ("lora", "lyco"):
+                        found.warnings.append(f"extra network type {kind!r} is not supported: <{kind}:"
+                                              f"{':'.join(params.items)}> ignored")
+                        continue
+                    info = find_lora(self.models.loras, params.name)
+                    if info is None:
+                        found.warnings.append(f"LoRA not found: {params.name}")
+                        continue
+                    m = prompt_parser.lora_multipliers(params)
+                    found.items.append((info, m.te, m.unet))
+                    found.used.append((params.name, info))
+        return found
+
     def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
-                      save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info) -> GenerationResult:
+                      save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info,
+                      networks: ExtraNetworks) -> GenerationResult:
         pipe = model.pipe
         device = model.placement.device
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
@@ -213,8 +291,12 @@ class Engine:
                                model.info.shorthash, sampler, schedule,
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
         res.notes.extend(model.notes)
+        res.notes.extend(networks.warnings)
         res.hires = hires
         res.vae = vae_info
+        loaded, _skipped = self.models.embeddings(model)
+        encoder = conditioning.PromptEncoder(pipe, model.family, clip_skip, str(opts.get("emphasis", "Original")),
+                                             loaded)
         job.progress.job = "txt2img"
         job.progress.job_count = req.n_iter
         job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
@@ -224,18 +306,11 @@ class Engine:
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
             resize_from = (req.seed_resize_from_w // scale, req.seed_resize_from_h // scale)
         preview_every = int(opts.get("show_progress_every_n_steps", 5)) if opts.get("live_previews_enable") else 0
-        texts = {req.prompt, req.negative_prompt}
-        if hires:
-            texts |= {req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt}
-        min_chunks = max(len(conditioning.chunk_ids(pipe.tokenizer, p)) for p in texts)
-        encoded: dict[tuple[str, ...], conditioning.Cond] = {}
-
-        def cond_for(texts: list[str]) -> conditioning.Cond:
-            key = tuple(texts)
-            if key not in encoded:  # one encoding per job unless prompts differ per batch
-                encoded[key] = conditioning.encode(pipe, model.family, texts, clip_skip, min_chunks)
-            return encoded[key]
-
+        hr_steps = hires.steps if hires else None
+        first = JobPrompts(encoder, prompts, negatives, req.steps)
+        second = JobPrompts(encoder, [req.hr_prompt or p for p in prompts],
+                            [req.hr_negative_prompt or p for p in negatives], req.steps, hr_steps) if hires else None
+        n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -250,8 +325,8 @@ class Engine:
             noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
             scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config))
             plan = sampling.SamplingPlan(
-                scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale, cond=cond_for(prompts[sl]),
-                uncond=cond_for(negatives[sl]), generators=gens, per_image=device.type == "cpu",
+                scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
+                conditioning=first.conditioning(sl, n_chunks), generators=gens, per_image=device.type == "cpu",
                 eta=req.eta)
             if model.is_sdxl:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
@@ -262,8 +337,8 @@ class Engine:
             try:
                 latents = sampling.sample(pipe.unet, plan, latents, scheduler.timesteps)
                 if hires:
-                    latents = self._hires_pass(job, req, hires, model, latents, gens, cond_for, sl, opts,
-                                               preview_every)
+                    latents = self._hires_pass(job, req, hires, model, latents, gens,
+                                               second.conditioning(sl, n_chunks), sl, opts, preview_every)
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -275,6 +350,12 @@ class Engine:
             if torch.isnan(decoded).any():
                 raise StudioError("the model produced NaN (a black image); try --precision full / --no-half")
             batch_images = sampling.to_pil(decoded)
+            extra = {}
+            if networks.used:
+                extra["Lora hashes"] = lora_hashes_infotext(networks.used)
+            if encoder.used_embeddings:
+                extra["TI hashes"] = ti_hashes_infotext(encoder.used_embeddings.values())
+            res.extra_params = extra
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j
                 text = self._infotext(req, res, i, model, clip_skip)
@@ -298,7 +379,7 @@ class Engine:
         return res
 
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
-                    latents: torch.Tensor, gens: list, cond_for, sl: slice, opts: dict, preview_every: int):
+                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int):
         """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
         pipe = model.pipe
         device = model.placement.device
@@ -318,11 +399,8 @@ class Engine:
         noise = torch.cat([randn_tensor((1, init.shape[1], lh, lw), generator=g, device=device) for g in gens])
         start = sampling.noised_start(scheduler, init.to(device), noise, timesteps)
         n = sl.stop - sl.start
-        prompts = [req.hr_prompt or req.prompt] * n
-        negatives = [req.hr_negative_prompt or req.negative_prompt] * n
         plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
-                                     cond=cond_for(prompts), uncond=cond_for(negatives), generators=gens,
-                                     per_image=device.type == "cpu", eta=req.eta)
+                                     conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta)
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
@@ -359,7 +437,7 @@ class Engine:
             model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip,
             denoising=res.hires.denoising if res.hires else None,
             vae_name=res.vae.name if res.vae else None, vae_hash=res.vae.shorthash if res.vae else None,
-            extra=res.hires.infotext(req) if res.hires else None)
+            extra={**(res.hires.infotext(req) if res.hires else {}), **res.extra_params})
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
     def _outdir(self, opts: dict, key: str, _opts: dict | None = None) -> Path:

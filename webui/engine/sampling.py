@@ -15,22 +15,29 @@ class StopSampling(Exception):
     """Raised by a step hook to end sampling early (interrupt or skip)."""
 
 
+Conditioning = tuple[list[tuple[Cond, float]], Cond]   # (AND parts with weights, uncond) for one step
+
+
 @dataclass
 class SamplingPlan:
     scheduler: object
     steps: int
     cfg_scale: float
-    cond: Cond
-    uncond: Cond
+    conditioning: Callable[[int], Conditioning]   # per step: prompt editing and alternation change it
     generators: list[torch.Generator]
     eta: float | None = None
-    added_time_ids: torch.Tensor | None = None           # SDXL size/crop conditioning, (B, 6)
-    cond_for_step: Callable[[int], tuple[Cond, Cond]] | None = None  # prompt editing replaces cond per step
+    added_time_ids: torch.Tensor | None = None    # SDXL size/crop conditioning, (B, 6)
     # Run the UNet image by image: on a CPU this costs nothing and makes image i of a batch bit-identical
     # to the same seed made alone (batched BLAS kernels round differently); on a GPU batching is kept.
     per_image: bool = False
     before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
+
+
+def fixed(cond: Cond, uncond: Cond) -> Callable[[int], Conditioning]:
+    """Conditioning that does not change over the steps."""
+    value = ([(cond, 1.0)], uncond)
+    return lambda step: value
 
 
 def _step_kwargs(scheduler, generators, eta) -> dict:
@@ -45,59 +52,53 @@ def _step_kwargs(scheduler, generators, eta) -> dict:
 
 @torch.no_grad()
 def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """Denoise latents (already scaled by the scheduler's init sigma) over the plan's timesteps."""
+    """Denoise latents (already noised for the first timestep) over the plan's timesteps."""
     sch = plan.scheduler
     if timesteps is None:
         sch.set_timesteps(plan.steps, device=latents.device)
         timesteps = sch.timesteps
-    guided = plan.cfg_scale > 1.0
     step_kw = _step_kwargs(sch, plan.generators if len(plan.generators) > 1 else plan.generators[0], plan.eta)
-    dtype = unet.dtype
-    cond, uncond = plan.cond, plan.uncond
-
-    def context(c: Cond, u: Cond):
-        embeds = torch.cat([u.embeds, c.embeds]) if guided else c.embeds
-        added = None
-        if c.pooled is not None:
-            pooled = torch.cat([u.pooled, c.pooled]) if guided else c.pooled
-            ids = torch.cat([plan.added_time_ids] * 2) if guided else plan.added_time_ids
-            added = {"text_embeds": pooled, "time_ids": ids.to(device=pooled.device, dtype=pooled.dtype)}
-        return embeds, added
-
-    embeds, added = context(cond, uncond)
     for i, t in enumerate(timesteps):
-        if plan.cond_for_step is not None:
-            c, u = plan.cond_for_step(i)
-            if c is not cond or u is not uncond:
-                cond, uncond = c, u
-                embeds, added = context(cond, uncond)
+        conds, uncond = plan.conditioning(i)
         for hook in plan.before_step:
             latents = hook(i, latents)
-        out = _denoise(unet, sch, latents, t, embeds, added, guided, plan.cfg_scale, dtype, plan.per_image)
+        out = _denoise(unet, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids, plan.per_image)
         latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
         for hook in plan.after_step:
             hook(i, latents)
     return latents
 
 
-def _denoise(unet, sch, latents, t, embeds, added, guided, cfg_scale, dtype, per_image):
-    """The guided noise prediction for the whole batch."""
+def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image):
+    """The guided noise prediction for the whole batch: uncond + cfg * sum_j w_j (cond_j - uncond)
+    (composable diffusion when the prompt has AND parts)."""
+    guided = cfg_scale > 1.0 or len(conds) > 1
+    groups = ([uncond] if guided else []) + [c for c, _ in conds]
     b = latents.shape[0]
     if per_image and b > 1:
         parts = []
         for i in range(b):
-            rows = [i, b + i] if guided else [i]
-            sub_added = None if added is None else {k: v[rows] for k, v in added.items()}
-            parts.append(_denoise(unet, sch, latents[i:i + 1], t, embeds[rows], sub_added, guided, cfg_scale,
-                                  dtype, False))
+            sub = [Cond(g.embeds[i:i + 1], None if g.pooled is None else g.pooled[i:i + 1]) for g in groups]
+            sub_conds = list(zip(sub[1:] if guided else sub, [w for _, w in conds]))
+            parts.append(_denoise(unet, sch, latents[i:i + 1], t, sub_conds, sub[0] if guided else None,
+                                  cfg_scale, None if time_ids is None else time_ids[i:i + 1], False))
         return torch.cat(parts)
-    x = torch.cat([latents] * 2) if guided else latents
-    x = sch.scale_model_input(x, t)
-    out = unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
-    if guided:
-        neg, pos = out.chunk(2)
-        out = neg + cfg_scale * (pos - neg)
-    return out
+    n = len(groups)
+    x = sch.scale_model_input(torch.cat([latents] * n) if n > 1 else latents, t)
+    embeds = torch.cat([g.embeds for g in groups])
+    added = None
+    if groups[0].pooled is not None:
+        pooled = torch.cat([g.pooled for g in groups])
+        added = {"text_embeds": pooled, "time_ids": torch.cat([time_ids] * n).to(pooled.device, pooled.dtype)}
+    out = unet(x.to(unet.dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    if not guided:
+        return out
+    outs = out.chunk(n)
+    u = outs[0]
+    total = u
+    for o, (_, w) in zip(outs[1:], conds):
+        total = total + cfg_scale * w * (o - u)
+    return total
 
 
 @torch.no_grad()

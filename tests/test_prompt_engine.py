@@ -1,0 +1,135 @@
+"""The prompt language through the engine: exact equivalences that must hold on any model (tiny random ones
+here; the bundled-model tests check the directions colours take)."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from webui.core.request import GenerationRequest
+
+SD1 = {"sd_model_checkpoint": "tiny-sd1.safetensors"}
+SDXL = {"sd_model_checkpoint": "tiny-sdxl.safetensors"}
+
+
+def gen(engine, prompt, ckpt=SD1, **kw):
+    base = dict(prompt=prompt, steps=5, width=64, height=64, seed=13, cfg_scale=5, override_settings=ckpt)
+    res = engine.txt2img(GenerationRequest(**{**base, **kw}), save=False)
+    return np.asarray(res.images[0], dtype=np.int16), res
+
+
+def same(a, b, tol=0):
+    return int(np.abs(a - b).max()) <= tol
+
+
+@pytest.mark.parametrize("ckpt", [SD1, SDXL])
+def test_emphasis_weight_one_is_plain_and_other_weights_change(engine, ckpt):
+    plain, _ = gen(engine, "a red circle", ckpt)
+    assert same(gen(engine, "a (red:1.0) circle", ckpt)[0], plain)
+    up, _ = gen(engine, "a (red:1.6) circle", ckpt)
+    down, _ = gen(engine, "a [red] circle", ckpt)
+    assert not same(up, plain) and not same(down, plain)
+
+
+def test_prompt_editing_edges_equal_plain_prompts(engine):
+    red, _ = gen(engine, "a red circle")
+    blue, _ = gen(engine, "a blue circle")
+    assert same(gen(engine, "a [red:blue:1.0] circle")[0], red)     # never switches
+    assert same(gen(engine, "a [red:blue:0] circle")[0], blue)      # switches before the first step
+    mid, _ = gen(engine, "a [red:blue:0.5] circle")
+    assert not same(mid, red) and not same(mid, blue)
+    alt, _ = gen(engine, "a [red|blue] circle")
+    assert not same(alt, red) and not same(alt, blue)
+
+
+def test_and_with_zero_weight_part_equals_the_first_part(engine):
+    plain, _ = gen(engine, "a red circle")
+    assert same(gen(engine, "a red circle AND a green square:0")[0], plain, 2)
+    both, _ = gen(engine, "a red circle AND a green square")
+    assert not same(both, plain)
+
+
+def test_break_and_long_prompts(engine):
+    plain, _ = gen(engine, "a red circle, blue background")
+    broken, _ = gen(engine, "a red circle BREAK blue background")
+    assert not same(plain, broken)
+    long = ", ".join(["a red circle"] * 40)
+    img, res = gen(engine, long, negative_prompt="blurry")
+    assert img.std() > 0
+    # 159 tokens; the comma rule pushes the end of the first chunk into the second, and the counter counts
+    # that padding as A1111's does: 75 + 75 + 11
+    assert engine.token_count(long) == (161, 225)
+
+
+@pytest.fixture(scope="module")
+def lora_file(engine, data_dir):
+    from lora_factory import make_kohya_lora
+    model = engine.models.get("tiny-sd1.safetensors")
+    path = data_dir / "models" / "Lora" / "inky.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_kohya_lora(path, model.pipe, rank=4, seed=1, scale=2.0)
+    engine.models.refresh_loras()
+    return path
+
+
+def test_lora_changes_at_weight_one_not_zero_and_does_not_leak(engine, lora_file):
+    base, _ = gen(engine, "a red circle")
+    on, res = gen(engine, "a red circle <lora:inky:1>")
+    assert not same(on, base)
+    assert "<lora:inky:1>" in res.infotexts[0]
+    assert 'Lora hashes: "inky: ' in res.infotexts[0]
+    assert same(gen(engine, "a red circle <lora:inky:0>")[0], base)
+    te_only, _ = gen(engine, "a red circle <lora:inky:1:0>")
+    unet_only, _ = gen(engine, "a red circle <lora:inky:0:1>")
+    assert not same(te_only, on) and not same(unet_only, on) and not same(te_only, unet_only)
+    assert same(gen(engine, "a red circle")[0], base), "the LoRA leaked into the next job"
+
+
+def test_missing_lora_warns_and_runs(engine, lora_file):
+    base, _ = gen(engine, "a red circle")
+    img, res = gen(engine, "a red circle <lora:nope:1>")
+    assert same(img, base)
+    assert any("LoRA not found: nope" in n for n in res.notes)
+
+
+@pytest.fixture(scope="module")
+def embedding_files(engine, data_dir):
+    from embedding_factory import word_vectors, write_embedding
+    model = engine.models.get("tiny-sd1.safetensors")
+    folder = data_dir / "embeddings"
+    red = word_vectors(model.pipe.text_encoder, model.pipe.tokenizer, "red circle")
+    write_embedding(folder / "myshape.pt", red, fmt="pt")
+    import torch
+    write_embedding(folder / "wide.safetensors", torch.ones(2, 99), fmt="safetensors")
+    engine.models.refresh_embeddings()
+    return folder
+
+
+def test_textual_inversion_equals_its_words(engine, embedding_files):
+    words, _ = gen(engine, "a red circle, blue background")
+    emb, res = gen(engine, "a myshape, blue background")
+    assert same(emb, words)
+    assert 'TI hashes: "myshape: ' in res.infotexts[0]
+    weighted, _ = gen(engine, "a (myshape:1.5), blue background")
+    assert not same(weighted, words)
+
+
+def test_embeddings_listing_reports_skipped(server, embedding_files):
+    httpx.post(server + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"}, timeout=120)
+    httpx.post(server + "/sdapi/v1/refresh-embeddings", timeout=60)
+    body = httpx.get(server + "/sdapi/v1/embeddings", timeout=60).json()
+    assert body["loaded"]["myshape"]["vectors"] == 2
+    assert "99" in body["skipped"]["wide"]["reason"]
+
+
+def test_loras_listing_and_missing_in_api_info(server, lora_file):
+    httpx.post(server + "/sdapi/v1/refresh-loras", timeout=60)
+    names = [i["name"] for i in httpx.get(server + "/sdapi/v1/loras", timeout=60).json()]
+    assert "inky" in names
+    r = httpx.post(server + "/sdapi/v1/txt2img", timeout=300, json={
+        "prompt": "x <lora:ghost:0.5>", "steps": 2, "width": 64, "height": 64,
+        "override_settings": {"sd_model_checkpoint": "tiny-sd1.safetensors"}})
+    assert r.status_code == 200
+    assert "LoRA not found: ghost" in json.loads(r.json()["info"])["notes"]

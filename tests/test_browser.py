@@ -139,3 +139,18 @@ def test_progress_preview_and_interrupt_in_browser(page, data_dir):
     assert page.locator("#txt2img_error").inner_text() == ""
     set_number(page, "txt2img_batch_count", 1)
     set_number(page, "txt2img_steps", 4)
+
+
+def test_extra_networks_cards_insert_tags(page, data_dir, server):
+    from checkpoint_factory import make_tiny_checkpoint  # noqa: F401 - the data dir already has models
+    from lora_factory import make_kohya_lora, tiny_pipeline
+    pipe = tiny_pipeline(data_dir / "tmp-lora", "sd1", seed=1)
+    make_kohya_lora(data_dir / "models" / "Lora" / "cardtest.safetensors", pipe, rank=2, seed=3)
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img_prompt textarea").fill("a red circle")
+    page.click("#txt2img_extra_networks button, #txt2img_extra_networks .label-wrap")
+    page.click("#txt2img_extra_refresh")
+    page.wait_for_function("() => document.querySelector('#txt2img_lora_cards').innerText.includes('cardtest')")
+    page.locator("#txt2img_lora_cards").get_by_text("cardtest").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
+                           " === 'a red circle <lora:cardtest:1>'")

@@ -5,12 +5,12 @@ import gradio as gr
 
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
-from webui.ui import pnginfo_tab, settings_tab
+from webui.ui import extra_networks, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
 from webui.ui.txt2img_tab import Txt2ImgTab
 
 
-def _checkpoint_bar(engine: Engine) -> None:
+def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
     models, settings = engine.models, engine.settings
 
     def current_title() -> str | None:
@@ -45,15 +45,17 @@ def _checkpoint_bar(engine: Engine) -> None:
 
     ckpt.change(choose, ckpt, status)
     refresh.click(do_refresh, None, [ckpt, status])
+    return ckpt
 
 
 def build_ui(engine: Engine) -> gr.Blocks:
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
-        _checkpoint_bar(engine)
+        ckpt = _checkpoint_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
                 t2i = Txt2ImgTab(engine)
                 t2i.build()
+                extra_networks.build(engine, t2i.fields["prompt"], ckpt, "txt2img")
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):

@@ -142,7 +142,6 @@ def test_progress_preview_and_interrupt_in_browser(page, data_dir):
 
 
 def test_extra_networks_cards_insert_tags(page, data_dir, server):
-    from checkpoint_factory import make_tiny_checkpoint  # noqa: F401 - the data dir already has models
     from lora_factory import make_kohya_lora, tiny_pipeline
     pipe = tiny_pipeline(data_dir / "tmp-lora", "sd1", seed=1)
     make_kohya_lora(data_dir / "models" / "Lora" / "cardtest.safetensors", pipe, rank=2, seed=3)

@@ -27,6 +27,8 @@ def _defs() -> dict[str, Setting]:
         "sd_checkpoints_limit": s(1, "Checkpoints kept loaded (RAM cache size)", "Stable Diffusion",
                                   minimum=1, maximum=10),
         "sd_vae": s("Automatic", "SD VAE", "Stable Diffusion"),
+        "emphasis": s("Original", "Emphasis mode: how (word:1.2) weights apply", "Stable Diffusion",
+                      choices=("Original", "No norm", "Ignore", "None")),
         "CLIP_stop_at_last_layers": s(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
         "eta_ancestral": s(1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
         "eta_noise_seed_delta": s(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),

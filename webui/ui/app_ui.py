@@ -59,6 +59,6 @@ def build_ui(engine: Engine) -> gr.Blocks:
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):
-                settings_tab.build(engine.settings)
+                settings_tab.build(engine.settings, {"sd_vae": engine.models.vae_names})
     demo.queue(default_concurrency_limit=None)
     return demo

@@ -7,7 +7,9 @@ from webui.config.settings import Settings
 from webui.ui.common import error_html, info_html
 
 
-def build(settings: Settings) -> None:
+def build(settings: Settings, dynamic_choices: dict | None = None) -> None:
+    """dynamic_choices: setting key -> callable giving its current choices (e.g. the VAE files)."""
+    dynamic_choices = dynamic_choices or {}
     components: dict[str, gr.components.Component] = {}
     apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
     result = gr.HTML(elem_id="settings_result")
@@ -24,8 +26,9 @@ def build(settings: Settings) -> None:
                 eid = f"setting_{key}"
                 if isinstance(d.default, bool):
                     c = gr.Checkbox(value=value, label=d.label, elem_id=eid)
-                elif d.choices:
-                    c = gr.Dropdown(list(d.choices), value=value, label=d.label, elem_id=eid)
+                elif d.choices or key in dynamic_choices:
+                    choices = list(dynamic_choices[key]()) if key in dynamic_choices else list(d.choices)
+                    c = gr.Dropdown(choices, value=value, label=d.label, elem_id=eid, allow_custom_value=True)
                 elif isinstance(d.default, (int, float)):
                     c = gr.Number(value=value, label=d.label, elem_id=eid, precision=0 if isinstance(d.default, int)
                                   else None)

@@ -20,7 +20,8 @@ from webui.core.errors import BadRequest, InvalidField, StudioError
 from webui.core.request import fields_from_infotext
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
-from webui.engine.processing import IMAGE_UPSCALERS, Engine, result_json
+from webui.engine.hires import IMAGE_UPSCALERS
+from webui.engine.processing import Engine, result_json
 
 
 class PngInfoRequest(BaseModel):

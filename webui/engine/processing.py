@@ -17,7 +17,9 @@ from webui.core.errors import InvalidField, NotFound, StudioError
 from webui.core.request import VERSION, GenerationRequest, Limits, infotext_params, resolve_seed, validate
 from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
+from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.jobs import Job, JobQueue
+from webui.engine.prompts import ExtraNetworks, JobPrompts
 from webui.models.embeddings import ti_hashes_infotext
 from webui.models.lora import apply_loras, find_lora, lora_hashes_infotext
 from webui.models.manager import LoadedModel, ModelManager
@@ -68,94 +70,6 @@ class GenerationResult:
             "version": VERSION, "notes": self.notes,
             "interrupted": self.interrupted,
         }
-
-
-IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
-
-
-def hires_upscalers() -> list[str]:
-    return [*sampling.LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS]
-
-
-@dataclass(frozen=True)
-class HiresPlan:
-    width: int
-    height: int
-    upscaler: str
-    steps: int
-    denoising: float
-    sampler: str
-    schedule: str
-
-    def infotext(self, req: GenerationRequest) -> dict[str, Any]:
-        p: dict[str, Any] = {}
-        if req.hr_resize_x or req.hr_resize_y:
-            p["Hires resize"] = f"{self.width}x{self.height}"
-        else:
-            p["Hires upscale"] = req.hr_scale
-        if req.hr_second_pass_steps:
-            p["Hires steps"] = req.hr_second_pass_steps
-        p["Hires upscaler"] = self.upscaler
-        if req.hr_sampler_name or req.hr_scheduler:
-            p["Hires sampler"] = self.sampler
-            p["Hires schedule type"] = samplers_label(engine_samplers.effective_schedule(self.sampler,
-                                                                                         self.schedule))
-        if req.hr_prompt and req.hr_prompt != req.prompt:
-            p["Hires prompt"] = req.hr_prompt
-        if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
-            p["Hires negative prompt"] = req.hr_negative_prompt
-        return p
-
-
-@dataclass
-class ExtraNetworks:
-    items: list = field(default_factory=list)     # (LoraInfo, te weight, unet weight)
-    used: list = field(default_factory=list)      # (name as written, LoraInfo)
-    warnings: list[str] = field(default_factory=list)
-
-
-class JobPrompts:
-    """The prompts of one pass: extra-network tags removed, AND parts with weights, prompt-editing schedules;
-    gives the sampling loop its conditioning per step (each distinct text encoded once)."""
-
-    def __init__(self, encoder: conditioning.PromptEncoder, prompts: list[str], negatives: list[str], steps: int,
-                 hires_steps: int | None = None):
-        self.encoder = encoder
-        clean = [prompt_parser.parse_extra_networks(p)[0] for p in prompts]
-        self.parts = [prompt_parser.split_and(p) for p in clean]
-        sched = prompt_parser.get_learned_conditioning_prompt_schedules
-        self.pos = [[(sched([t], steps, hires_steps)[0], w) for t, w in parts] for parts in self.parts]
-        self.neg = sched([prompt_parser.parse_extra_networks(n)[0] for n in negatives], steps, hires_steps)
-
-    def texts(self) -> set[str]:
-        out = {text for parts in self.pos for s, _ in parts for _, text in s}
-        return out | {text for s in self.neg for _, text in s}
-
-    def chunk_count(self) -> int:
-        return self.encoder.chunk_count(sorted(self.texts()))
-
-    def conditioning(self, sl: slice, n_chunks: int):
-        pos, neg = self.pos[sl], self.neg[sl]
-        if len({len(p) for p in pos}) > 1:
-            raise InvalidField("prompt", "every prompt of a batch must have the same number of AND parts")
-        memo: dict = {}
-
-        def at(step: int):
-            key = (tuple(tuple(prompt_parser.schedule_for_step(s, step) for s, _ in parts) for parts in pos),
-                   tuple(prompt_parser.schedule_for_step(s, step) for s in neg))
-            if key not in memo:
-                part_texts, neg_texts = key
-                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks), pos[0][j][1])
-                         for j in range(len(pos[0]))]
-                memo.clear()   # schedules move forward: keep only the current step's tensors
-                memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks))
-            return memo[key]
-        return at
-
-
-def samplers_label(schedule: str) -> str:
-    from webui.core.samplers import schedule_label
-    return schedule_label(schedule)
 
 
 class Engine:

@@ -7,7 +7,8 @@ from webui.core import samplers as core_samplers
 from webui.core.errors import StudioError
 from webui.core.request import GenerationRequest
 from webui.engine import samplers as engine_samplers
-from webui.engine.processing import Engine, hires_upscalers
+from webui.engine.hires import hires_upscalers
+from webui.engine.processing import Engine
 from webui.ui.common import error_html, info_html, progress_html
 
 

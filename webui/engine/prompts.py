@@ -1,0 +1,54 @@
+"""The prompts of a job: extra-network tags, AND parts, prompt-editing schedules -> conditioning per step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from webui.core import prompt_parser
+from webui.core.errors import InvalidField
+from webui.engine import conditioning
+
+
+@dataclass
+class ExtraNetworks:
+    items: list = field(default_factory=list)     # (LoraInfo, te weight, unet weight)
+    used: list = field(default_factory=list)      # (name as written, LoraInfo)
+    warnings: list[str] = field(default_factory=list)
+
+
+class JobPrompts:
+    """The prompts of one pass: extra-network tags removed, AND parts with weights, prompt-editing schedules;
+    gives the sampling loop its conditioning per step (each distinct text encoded once)."""
+
+    def __init__(self, encoder: conditioning.PromptEncoder, prompts: list[str], negatives: list[str], steps: int,
+                 hires_steps: int | None = None):
+        self.encoder = encoder
+        clean = [prompt_parser.parse_extra_networks(p)[0] for p in prompts]
+        self.parts = [prompt_parser.split_and(p) for p in clean]
+        sched = prompt_parser.get_learned_conditioning_prompt_schedules
+        self.pos = [[(sched([t], steps, hires_steps)[0], w) for t, w in parts] for parts in self.parts]
+        self.neg = sched([prompt_parser.parse_extra_networks(n)[0] for n in negatives], steps, hires_steps)
+
+    def texts(self) -> set[str]:
+        out = {text for parts in self.pos for s, _ in parts for _, text in s}
+        return out | {text for s in self.neg for _, text in s}
+
+    def chunk_count(self) -> int:
+        return self.encoder.chunk_count(sorted(self.texts()))
+
+    def conditioning(self, sl: slice, n_chunks: int):
+        pos, neg = self.pos[sl], self.neg[sl]
+        if len({len(p) for p in pos}) > 1:
+            raise InvalidField("prompt", "every prompt of a batch must have the same number of AND parts")
+        memo: dict = {}
+
+        def at(step: int):
+            key = (tuple(tuple(prompt_parser.schedule_for_step(s, step) for s, _ in parts) for parts in pos),
+                   tuple(prompt_parser.schedule_for_step(s, step) for s in neg))
+            if key not in memo:
+                part_texts, neg_texts = key
+                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks), pos[0][j][1])
+                         for j in range(len(pos[0]))]
+                memo.clear()   # schedules move forward: keep only the current step's tensors
+                memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks))
+            return memo[key]
+        return at

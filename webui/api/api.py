@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from webui.api.models import Txt2ImgRequest, to_request
+from webui.api.models import Img2ImgApiRequest, Txt2ImgRequest, to_request
 from webui.core import infotext as infotext_fmt
 from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, StudioError
-from webui.core.request import fields_from_infotext
+from webui.core.request import Img2ImgRequest, fields_from_infotext
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
 from webui.engine.hires import IMAGE_UPSCALERS
@@ -74,9 +74,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
     models = engine.models
     settings = engine.settings
 
-    @r.post("/txt2img")
-    def txt2img(body: Txt2ImgRequest):
-        req = to_request(body)
+    def fill_from_infotext(body, req) -> None:
         if body.infotext:
             filled = fields_from_infotext(infotext_fmt.parse_infotext(body.infotext))
             for key, value in filled.items():
@@ -90,10 +88,39 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
                     req.override_settings = merged
                 elif key not in body.model_fields_set:
                     setattr(req, key, value)
+
+    @r.post("/txt2img")
+    def txt2img(body: Txt2ImgRequest):
+        req = to_request(body)
+        fill_from_infotext(body, req)
         result = engine.txt2img(req, save=bool(req.save_images))
         images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] \
             if req.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": result_json(result)}
+
+    @r.post("/img2img")
+    def img2img(body: Img2ImgApiRequest):
+        req = to_request(body, Img2ImgRequest)
+        fill_from_infotext(body, req)
+        images = [decode_image(b64, f"init_images[{i}]") for i, b64 in enumerate(req.init_images or [])]
+        if not images:
+            raise InvalidField("init_images", "at least one base64 image is needed")
+        mask = decode_image(req.mask, "mask") if req.mask else None
+        if mask is not None and mask.size != images[0].size:
+            mask = mask.resize(images[0].size)
+            note = f"mask resized from its own size to the image's {images[0].width}x{images[0].height}"
+        else:
+            note = None
+        result = engine.img2img(req, images, mask, save=bool(req.save_images))
+        if note:
+            result.notes.append(note)
+        out = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if req.send_images else []
+        if req.include_init_images:
+            out += [encode_png(im, None) for im in images]
+        params = body.model_dump()
+        params["init_images"] = ["<omitted>"] * len(images)
+        params["mask"] = "<omitted>" if req.mask else None
+        return {"images": out, "parameters": params, "info": result_json(result)}
 
     @r.get("/progress")
     def progress(skip_current_image: bool = False):

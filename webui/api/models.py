@@ -6,7 +6,7 @@ import typing
 
 from pydantic import ConfigDict, Field, create_model
 
-from webui.core.request import GenerationRequest
+from webui.core.request import GenerationRequest, Img2ImgRequest
 
 
 def _fields_of(cls) -> dict:
@@ -24,12 +24,16 @@ Txt2ImgRequest = create_model("StableDiffusionProcessingTxt2Img", __config__=Con
                               **_fields_of(GenerationRequest))
 
 
-def to_request(body) -> GenerationRequest:
+Img2ImgApiRequest = create_model("StableDiffusionProcessingImg2Img", __config__=ConfigDict(extra="ignore"),
+                                 **_fields_of(Img2ImgRequest))
+
+
+def to_request(body, cls=GenerationRequest):
     """The core request from a validated API body (lists and dicts that came as null get their defaults)."""
     data = {}
-    for f in dataclasses.fields(GenerationRequest):
+    for f in dataclasses.fields(cls):
         value = getattr(body, f.name)
         if value is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             value = f.default_factory()  # type: ignore[misc]
         data[f.name] = value
-    return GenerationRequest(**data)
+    return cls(**data)

@@ -81,6 +81,31 @@ class GenerationRequest:
         return d
 
 
+@dataclass
+class Img2ImgRequest(GenerationRequest):
+    """img2img / inpaint: the txt2img fields plus A1111's img2img fields and API defaults. Images are base64
+    strings (PNG, JPEG or WebP; data-URL prefixes allowed) so the request stays plain data."""
+
+    init_images: list[str] = field(default_factory=list)
+    resize_mode: int = 0              # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
+    image_cfg_scale: float | None = None
+    mask: str | None = None           # white = repaint
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0          # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = True     # "only masked"
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    include_init_images: bool = False
+
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+
+
 @dataclass(frozen=True)
 class Limits:
     max_batch_size: int = 8

@@ -14,10 +14,21 @@ from webui.config.settings import Settings
 from webui.core import infotext as infotext_fmt
 from webui.core import prompt_parser
 from webui.core.errors import InvalidField, NotFound, StudioError
-from webui.core.request import VERSION, GenerationRequest, Limits, infotext_params, resolve_seed, validate
+from webui.core.request import (
+    MASKED_CONTENT,
+    RESIZE_MODES,
+    VERSION,
+    GenerationRequest,
+    Img2ImgRequest,
+    Limits,
+    infotext_params,
+    resolve_seed,
+    validate,
+)
 from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
+from webui.engine.img2img import InitImages
 from webui.engine.jobs import Job, JobQueue
 from webui.engine.prompts import ExtraNetworks, JobPrompts
 from webui.models.embeddings import ti_hashes_infotext
@@ -48,6 +59,7 @@ class GenerationResult:
     hires: HiresPlan | None = None
     vae: Any = None               # VaeInfo of a VAE file in use, None for the checkpoint's own
     extra_params: dict[str, Any] = field(default_factory=dict)
+    init: Any = None              # InitImages of an img2img job
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -89,6 +101,33 @@ class Engine:
 
     def txt2img(self, req: GenerationRequest, *, save: bool = True) -> GenerationResult:
         return self.submit_txt2img(req, save=save).wait()
+
+    def submit_img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> Job:
+        """img2img / inpainting with decoded PIL images (the faces decode base64 or take uploads)."""
+        opts, sampler, schedule = self.prepare(req)
+        if not images:
+            raise InvalidField("init_images", "at least one init image is needed")
+        if req.resize_mode not in range(4):
+            raise InvalidField("resize_mode", f"resize_mode must be 0-3 ({', '.join(RESIZE_MODES)})")
+        if req.inpainting_fill not in range(4):
+            raise InvalidField("inpainting_fill", f"inpainting_fill must be 0-3 ({', '.join(MASKED_CONTENT)})")
+        denoise = 0.75 if req.denoising_strength is None else float(req.denoising_strength)
+        if not 0.0 <= denoise <= 1.0:
+            raise InvalidField("denoising_strength", "denoising_strength must be between 0 and 1")
+        side = int(opts["max_image_side"])
+        for im in [*images, *([mask] if mask is not None else [])]:
+            if max(im.size) > side * 2:
+                raise InvalidField("init_images", f"an input image of {im.width}x{im.height} is larger than "
+                                                  f"{side * 2} px (twice the setting max_image_side)")
+        init = InitImages([im.convert("RGB") for im in images], mask, denoise)
+        if mask is not None and init.hard_mask_empty(req):
+            init.mask = None
+            init.notes.append("the mask is empty: processed as plain img2img (as A1111 does)")
+        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save, None, init),
+                                "img2img")
+
+    def img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> GenerationResult:
+        return self.submit_img2img(req, images, mask, save=save).wait()
 
     def prepare(self, req: GenerationRequest) -> tuple[dict, str, str]:
         """Checks that need no model: fields, settings overrides, sampler and schedule, checkpoint name."""
@@ -154,14 +193,14 @@ class Engine:
 
     # -- the job ---------------------------------------------------------------------------------------------
     def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
-                 save: bool, hires: HiresPlan | None = None) -> GenerationResult:
+                 save: bool, hires: HiresPlan | None = None, init: InitImages | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
         networks = self._extra_networks(req)
         try:
             with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items):
                 res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
-                                         networks)
+                                         networks, init)
         except ValueError as e:   # a LoRA file that does not fit this model
             raise InvalidField("prompt", str(e)) from None
         return res
@@ -190,7 +229,7 @@ class Engine:
 
     def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                       save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info,
-                      networks: ExtraNetworks) -> GenerationResult:
+                      networks: ExtraNetworks, init: InitImages | None = None) -> GenerationResult:
         pipe = model.pipe
         device = model.placement.device
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
@@ -206,12 +245,15 @@ class Engine:
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
         res.notes.extend(model.notes)
         res.notes.extend(networks.warnings)
+        if init is not None:
+            res.notes.extend(init.notes)
+            res.init = init
         res.hires = hires
         res.vae = vae_info
         loaded, _skipped = self.models.embeddings(model)
         encoder = conditioning.PromptEncoder(pipe, model.family, clip_skip, str(opts.get("emphasis", "Original")),
                                              loaded)
-        job.progress.job = "txt2img"
+        job.progress.job = "img2img" if init else "txt2img"
         job.progress.job_count = req.n_iter
         job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -246,10 +288,18 @@ class Engine:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
             plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
-            scheduler.set_timesteps(req.steps, device=device)
-            latents = latents.to(device) * scheduler.init_noise_sigma
+            finish = None
+            if init is not None:
+                timesteps, latents, blend, finish = init.start(req, model, scheduler, latents.to(device),
+                                                               range(sl.start, sl.stop))
+                if blend is not None:
+                    plan.after_step.insert(0, blend)
+            else:
+                scheduler.set_timesteps(req.steps, device=device)
+                timesteps = scheduler.timesteps
+                latents = latents.to(device) * scheduler.init_noise_sigma
             try:
-                latents = sampling.sample(pipe.unet, plan, latents, scheduler.timesteps)
+                latents = sampling.sample(pipe.unet, plan, latents, timesteps)
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
                                                second.conditioning(sl, n_chunks), sl, opts, preview_every)
@@ -264,6 +314,8 @@ class Engine:
             if torch.isnan(decoded).any():
                 raise StudioError("the model produced NaN (a black image); try --precision full / --no-half")
             batch_images = sampling.to_pil(decoded)
+            if finish is not None:
+                batch_images = finish(batch_images)
             extra = {}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
@@ -276,13 +328,15 @@ class Engine:
                 res.infotexts.append(text)
                 images.append(image)
                 if save and not req.do_not_save_samples:
-                    res.saved.append(self._save(image, text, seeds[i], req, model, opts))
+                    res.saved.append(self._save(image, text, seeds[i], req, model, opts,
+                                                "outdir_img2img_samples" if init else "outdir_txt2img_samples"))
         res.images = images
         grid_wanted = len(images) > 1 and (opts.get("return_grid") or opts.get("grid_save"))
         if grid_wanted:
             grid = saving.make_grid(images, batch_size=req.batch_size)
             if save and opts.get("grid_save") and not req.do_not_save_grid:
-                res.saved.append(saving.save_grid(grid, self._outdir(opts, "outdir_txt2img_grids", opts),
+                grids = "outdir_img2img_grids" if init else "outdir_txt2img_grids"
+                res.saved.append(saving.save_grid(grid, self._outdir(opts, grids, opts),
                                                   res.infotexts[0], fmt=_ext(opts.get("grid_format")),
                                                   jpeg_quality=int(opts.get("jpeg_quality", 80))))
             if opts.get("return_grid"):
@@ -349,9 +403,10 @@ class Engine:
         params = infotext_params(req, sampler=res.sampler, schedule=engine_samplers.effective_schedule(
             res.sampler, res.schedule), seed=res.seeds[i], subseed=res.subseeds[i],
             model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip,
-            denoising=res.hires.denoising if res.hires else None,
+            denoising=res.init.denoise if res.init else (res.hires.denoising if res.hires else None),
             vae_name=res.vae.name if res.vae else None, vae_hash=res.vae.shorthash if res.vae else None,
-            extra={**(res.hires.infotext(req) if res.hires else {}), **res.extra_params})
+            extra={**(res.hires.infotext(req) if res.hires else {}),
+                   **(res.init.infotext(req) if res.init else {}), **res.extra_params})
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
     def _outdir(self, opts: dict, key: str, _opts: dict | None = None) -> Path:
@@ -363,11 +418,12 @@ class Engine:
             folder = folder / saving.expand_pattern(str(opts.get("directories_filename_pattern") or "[date]"), {})
         return folder
 
-    def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict) -> Path:
+    def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict,
+              folder_key: str = "outdir_txt2img_samples") -> Path:
         tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale,
                   "sampler": req.sampler_name, "model_name": model.info.model_name,
                   "model_hash": model.info.shorthash, "width": req.width, "height": req.height}
-        return saving.save_image(image, self._outdir(opts, "outdir_txt2img_samples"), text, tokens=tokens,
+        return saving.save_image(image, self._outdir(opts, folder_key), text, tokens=tokens,
                                  pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
                                  fmt=_ext(opts.get("samples_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
 

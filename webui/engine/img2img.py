@@ -1,0 +1,106 @@
+"""img2img and inpainting as options of the one sampling loop: init latents, a partial schedule, the mask
+blended in after every step, and the result pasted over the original so the unmasked area is unchanged."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.core.request import MASKED_CONTENT, RESIZE_MODES
+from webui.engine import images as geo
+from webui.engine import sampling
+
+
+@dataclass
+class InitImages:
+    images: list                    # PIL RGB
+    mask: Any                       # PIL or None; white = repaint
+    denoise: float
+    notes: list[str] = field(default_factory=list)
+
+    def blur(self, req) -> tuple[int, int]:
+        if req.mask_blur is not None:
+            return req.mask_blur, req.mask_blur
+        return req.mask_blur_x, req.mask_blur_y
+
+    def hard_mask_empty(self, req) -> bool:
+        hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), 0, 0, self.mask.size, 0)
+        return hard.getbbox() is None
+
+    def infotext(self, req) -> dict[str, Any]:
+        p: dict[str, Any] = {}
+        if req.resize_mode:
+            p["Resize mode"] = RESIZE_MODES[req.resize_mode]
+        if self.mask is not None:
+            p["Mask blur"] = max(self.blur(req))
+            if req.inpainting_mask_invert:
+                p["Mask mode"] = "Inpaint not masked"
+            p["Masked content"] = MASKED_CONTENT[req.inpainting_fill]
+            p["Inpaint area"] = "Only masked" if req.inpaint_full_res else "Whole picture"
+            if req.inpaint_full_res:
+                p["Masked area padding"] = req.inpaint_full_res_padding
+        return p
+
+    def start(self, req, model, scheduler, noise: torch.Tensor, indices: range):
+        """(timesteps, start latents, after-step blend hook or None, finisher of decoded images)."""
+        pipe = model.pipe
+        device = noise.device
+        w, h = req.width, req.height
+        mode = req.resize_mode
+        bases = [geo.resize_image(mode, self.images[i % len(self.images)], w, h) for i in indices]
+        work, regions, soft, latent_mask = bases, None, None, None
+        if self.mask is not None:
+            bx, by = self.blur(req)
+            hard, soft = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (w, h), mode)
+            work_mask = hard
+            if req.inpaint_full_res:
+                region = geo.masked_region(hard, req.inpaint_full_res_padding, w, h)
+                regions = region
+                work = [b.crop(region).resize((w, h), Image.Resampling.LANCZOS) for b in bases]
+                work_mask = hard.crop(region).resize((w, h), Image.Resampling.NEAREST)
+            if req.inpainting_fill == 0:
+                work = [geo.fill_masked(im, work_mask) for im in work]
+            latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:], req.mask_round).to(device)
+        init = sampling.encode(pipe.vae, sampling.to_tensor(work)).to(device)
+        if latent_mask is not None and req.inpainting_fill == 2:
+            init = init * (1 - latent_mask) + noise * latent_mask
+        elif latent_mask is not None and req.inpainting_fill == 3:
+            init = init * (1 - latent_mask)
+        timesteps = sampling.partial_timesteps(scheduler, req.steps, self.denoise, device)
+        start = sampling.noised_start(scheduler, init, noise, timesteps)
+        blend = None
+        if latent_mask is not None:
+            def blend(i: int, latents: torch.Tensor) -> None:
+                if i + 1 < len(timesteps):
+                    keep = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(len(init)))
+                else:
+                    keep = init
+                latents.mul_(latent_mask).add_(keep * (1 - latent_mask))
+
+        def finish(generated: list) -> list:
+            if self.mask is None:
+                return generated
+            out = []
+            for base, gen in zip(bases, generated):
+                if regions is not None:
+                    x1, y1, x2, y2 = regions
+                    pasted = base.copy()
+                    pasted.paste(gen.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+                    gen = pasted
+                out.append(geo.composite(base, gen, soft))
+            return out
+
+        return timesteps, start, blend, finish
+
+    @staticmethod
+    def _latent_mask(mask: Image.Image, bx: int, by: int, size, round_it: bool) -> torch.Tensor:
+        """The mask at latent resolution (blurred like the pixel mask; rounded to 0/1 as A1111's default)."""
+        _, soft = geo.prepare_mask(mask, False, bx, by, mask.size, 0)
+        small = soft.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(small, dtype=np.float32) / 255.0
+        if round_it:
+            arr = np.around(arr)
+        return torch.from_numpy(arr)[None, None]

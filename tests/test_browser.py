@@ -153,3 +153,34 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     page.locator("#txt2img_lora_cards").get_by_text("cardtest").click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
                            " === 'a red circle <lora:cardtest:1>'")
+
+
+def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
+    from PIL import ImageDraw
+    src = Image.new("RGB", (64, 64), (40, 60, 200))
+    ImageDraw.Draw(src).ellipse((16, 16, 48, 48), fill=(220, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((8, 8, 28, 28), fill=255)
+    src.save(tmp_path / "src.png")
+    mask.save(tmp_path / "mask.png")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.locator("#img2img_inpaint_upload_tab-button").click() if page.locator(
+        "#img2img_inpaint_upload_tab-button").count() else page.get_by_role("tab", name="Inpaint upload").click()
+    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(tmp_path / "src.png"))
+    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_timeout(1000)
+    for eid, v in (("img2img_steps", 4), ("img2img_width", 64), ("img2img_height", 64), ("img2img_seed", 5),
+                   ("img2img_mask_blur", 0)):
+        set_number(page, eid, v)
+    page.locator("#img2img_prompt textarea").fill("a green square")
+    started = time.time() - 1
+    page.click("#img2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_img2img').innerText.includes('Seed: 5')",
+                           timeout=120_000)
+    assert page.locator("#img2img_error").inner_text() == ""
+    saved = newest_png(data_dir / "outputs" / "img2img-images", started)
+    assert saved is not None
+    out = np.asarray(Image.open(saved).convert("RGB"))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], np.asarray(src)[outside])
+    assert "Mask blur: 0" in Image.open(saved).info["parameters"]

@@ -7,7 +7,7 @@ from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.ui import extra_networks, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
-from webui.ui.txt2img_tab import Txt2ImgTab
+from webui.ui.generation_tab import GenerationTab
 
 
 def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
@@ -53,9 +53,13 @@ def build_ui(engine: Engine) -> gr.Blocks:
         ckpt = _checkpoint_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
-                t2i = Txt2ImgTab(engine)
+                t2i = GenerationTab(engine, "txt2img")
                 t2i.build()
                 extra_networks.build(engine, t2i.fields["prompt"], ckpt, "txt2img")
+            with gr.Tab("img2img", id="tab_img2img", elem_id="tab_img2img"):
+                i2i = GenerationTab(engine, "img2img")
+                i2i.build()
+                extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):

@@ -1,0 +1,234 @@
+"""The txt2img and img2img tabs: one builder that turns widgets into a request, submits it to the engine and
+follows the job's progress. img2img adds A1111's sub-tabs (img2img, sketch, inpaint, inpaint sketch, inpaint
+upload) and the inpainting options."""
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.core import samplers as core_samplers
+from webui.core.errors import StudioError
+from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, Img2ImgRequest
+from webui.engine import samplers as engine_samplers
+from webui.engine.hires import hires_upscalers
+from webui.engine.processing import Engine
+from webui.ui.common import error_html, info_html, progress_html
+
+
+class GenerationTab:
+    """Widgets with A1111's element ids; `fields` maps request field names to their components."""
+
+    def __init__(self, engine: Engine, mode: str = "txt2img"):
+        self.engine = engine
+        self.mode = mode
+        self.fields: dict[str, gr.components.Component] = {}
+        self.init_inputs: list = []
+
+    def build(self) -> None:
+        e = self.engine
+        m = self.mode
+        if m == "img2img":
+            self._build_init_images()
+        with gr.Row():
+            with gr.Column(scale=6):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{m}_prompt",
+                                    placeholder="a large red circle on the left, blue background")
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{m}_neg_prompt")
+                with gr.Row():
+                    token_counter = gr.HTML("0/75", elem_id=f"{m}_token_counter")
+                    neg_token_counter = gr.HTML("0/75", elem_id=f"{m}_negative_token_counter")
+            with gr.Column(scale=1, min_width=160):
+                generate = gr.Button("Generate", variant="primary", elem_id=f"{m}_generate")
+                with gr.Row():
+                    interrupt = gr.Button("Interrupt", elem_id=f"{m}_interrupt", size="sm")
+                    skip = gr.Button("Skip", elem_id=f"{m}_skip", size="sm")
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    sampler = gr.Dropdown(engine_samplers.available(), value="Euler a", label="Sampling method",
+                                          elem_id=f"{m}_sampling")
+                    schedule = gr.Dropdown(core_samplers.schedule_labels(), value="Automatic",
+                                           label="Schedule type", elem_id=f"{m}_scheduler")
+                steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{m}_steps")
+                with gr.Row():
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{m}_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{m}_height")
+                with gr.Row():
+                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+                                            elem_id=f"{m}_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{m}_batch_size")
+                cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{m}_cfg_scale")
+                if m == "img2img":
+                    self._build_img2img_options()
+                with gr.Accordion("Hires. fix", open=False, elem_id=f"{m}_hr", visible=m == "txt2img"):
+                    enable_hr = gr.Checkbox(False, label="Enable", elem_id=f"{m}_enable_hr")
+                    with gr.Row():
+                        hr_upscaler = gr.Dropdown(hires_upscalers(), value="Latent", label="Upscaler",
+                                                  elem_id=f"{m}_hr_upscaler")
+                        hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                             elem_id=f"{m}_hires_steps")
+                        denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                            elem_id=f"{m}_denoising_strength")
+                    with gr.Row():
+                        hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id=f"{m}_hr_scale")
+                        hr_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                         elem_id=f"{m}_hr_resize_x")
+                        hr_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                         elem_id=f"{m}_hr_resize_y")
+                with gr.Row():
+                    seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{m}_seed")
+                    random_seed = gr.Button("🎲", elem_id=f"{m}_random_seed", size="sm", min_width=40)
+                    reuse_seed = gr.Button("♻️", elem_id=f"{m}_reuse_seed", size="sm", min_width=40)
+            with gr.Column():
+                progress = gr.HTML("", elem_id=f"{m}_progress")
+                gallery = gr.Gallery(label="Output", elem_id=f"{m}_gallery", columns=4, height="auto",
+                                     format="png", interactive=False)
+                info = gr.HTML("", elem_id=f"html_info_{m}")
+                error = gr.HTML("", elem_id=f"{m}_error")
+        last_seed = gr.State(-1)
+        self.fields = {"prompt": prompt, "negative_prompt": negative, "sampler_name": sampler,
+                       "scheduler": schedule, "steps": steps, "width": width, "height": height,
+                       "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
+                       "enable_hr": enable_hr, "hr_upscaler": hr_upscaler, "hr_second_pass_steps": hr_steps,
+                       "denoising_strength": denoise, "hr_scale": hr_scale, "hr_resize_x": hr_x,
+                       "hr_resize_y": hr_y}
+        if m == "img2img":
+            self.fields["denoising_strength"] = self.i2i_denoise
+            self.fields.update(self.i2i_fields)
+        inputs = list(self.fields.values()) + self.init_inputs
+
+        def run(*values):
+            kw = dict(zip(self.fields, values))
+            init_values = values[len(self.fields):]
+            try:
+                cls = Img2ImgRequest if m == "img2img" else GenerationRequest
+                extra = {k: int(kw[k]) for k in self.i2i_fields} if m == "img2img" else {}
+                req = cls(**extra,
+                    prompt=kw["prompt"] or "", negative_prompt=kw["negative_prompt"] or "",
+                    sampler_name=kw["sampler_name"], scheduler=kw["scheduler"], steps=int(kw["steps"]),
+                    width=int(kw["width"]), height=int(kw["height"]), n_iter=int(kw["n_iter"]),
+                    batch_size=int(kw["batch_size"]), cfg_scale=float(kw["cfg_scale"]),
+                    seed=int(kw["seed"]) if kw["seed"] not in (None, "") else -1,
+                    enable_hr=bool(kw["enable_hr"]), hr_upscaler=kw["hr_upscaler"],
+                    hr_second_pass_steps=int(kw["hr_second_pass_steps"]),
+                    denoising_strength=float(kw["denoising_strength"]), hr_scale=float(kw["hr_scale"]),
+                    hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]))
+                save = bool(e.settings.get("samples_save", True))
+                if m == "img2img":
+                    images, mask = init_from_editors(*init_values)
+                    job = e.submit_img2img(req, images, mask, save=save)
+                else:
+                    job = e.submit_txt2img(req, save=save)
+            except (StudioError, ValueError, TypeError) as err:
+                yield gr.update(), gr.update(), "", error_html(err), gr.update()
+                return
+            shown = -1
+            while not job.done.wait(0.25):
+                p = job.progress
+                preview = gr.update()
+                if p.preview is not None and p.preview_id != shown:
+                    shown = p.preview_id
+                    preview = [p.preview]
+                yield preview, progress_html(p.fraction, p.textinfo), gr.update(), "", gr.update()
+            try:
+                result = job.wait()
+            except Exception as err:  # noqa: BLE001 - shown to the user; the server keeps serving
+                yield gr.update(), "", "", error_html(err), gr.update()
+                return
+            notes = ("\n" + "\n".join(result.notes)) if result.notes else ""
+            text = result.infotexts[result.index_of_first_image] if result.infotexts else "Interrupted"
+            yield (result.images, "", info_html(text + notes), "",
+                   result.seeds[0] if result.seeds else -1)
+
+        generate.click(run, inputs, [gallery, progress, info, error, last_seed],
+                       concurrency_limit=None, show_progress="hidden")
+        prompt.submit(run, inputs, [gallery, progress, info, error, last_seed], concurrency_limit=None,
+                      show_progress="hidden")
+        def count(text: str) -> str:
+            n, cap = e.token_count(text or "")
+            return f"<span class='token-counter'>{n}/{cap}</span>"
+
+        prompt.change(count, prompt, token_counter, queue=False, show_progress="hidden")
+        negative.change(count, negative, neg_token_counter, queue=False, show_progress="hidden")
+        interrupt.click(lambda: e.jobs.interrupt(), None, None, queue=False)
+        skip.click(lambda: e.jobs.skip(), None, None, queue=False)
+        random_seed.click(lambda: -1, None, seed, queue=False)
+        reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
+
+    def _build_init_images(self) -> None:
+        mode = gr.State("img2img")
+        with gr.Tabs(elem_id="mode_img2img"):
+            with gr.Tab("img2img", elem_id="img2img_img2img_tab") as t1:
+                plain = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", sources=["upload"])
+            with gr.Tab("Sketch", elem_id="img2img_img2img_sketch_tab") as t2:
+                sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch",
+                                        brush=gr.Brush(colors=["#dc1e1e", "#1e9f32", "#2346dc", "#f5dc23",
+                                                               "#000000", "#ffffff"]))
+            with gr.Tab("Inpaint", elem_id="img2img_inpaint_tab") as t3:
+                inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", elem_id="img2maskimg",
+                                         brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+            with gr.Tab("Inpaint sketch", elem_id="img2img_inpaint_sketch_tab") as t4:
+                inpaint_sketch = gr.ImageEditor(label="Inpaint sketch", type="pil", elem_id="inpaint_sketch")
+            with gr.Tab("Inpaint upload", elem_id="img2img_inpaint_upload_tab") as t5:
+                upload_image = gr.Image(label="Image", type="pil", elem_id="img_inpaint_base", sources=["upload"])
+                upload_mask = gr.Image(label="Mask", type="pil", elem_id="img_inpaint_mask", sources=["upload"])
+        for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint sketch"),
+                          (t5, "inpaint upload")):
+            tab.select(lambda n=name: n, None, mode, queue=False)
+        self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask]
+
+    def _build_img2img_options(self) -> None:
+        with gr.Row():
+            resize = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
+                              elem_id="resize_mode")
+        self.i2i_denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
+                                     elem_id="img2img_denoising_strength")
+        with gr.Accordion("Inpainting", open=True, elem_id="img2img_inpaint_controls"):
+            with gr.Row():
+                blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+                invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked", type="index",
+                                  label="Mask mode", elem_id="img2img_mask_mode")
+            with gr.Row():
+                fill = gr.Radio(list(MASKED_CONTENT), value="original", type="index", label="Masked content",
+                                elem_id="img2img_inpainting_fill")
+                area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", type="index",
+                                label="Inpaint area", elem_id="img2img_inpaint_full_res")
+                padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                    elem_id="img2img_inpaint_full_res_padding")
+        self.i2i_fields = {"resize_mode": resize, "mask_blur": blur, "inpainting_mask_invert": invert,
+                           "inpainting_fill": fill, "inpaint_full_res": area,
+                           "inpaint_full_res_padding": padding}
+
+
+def _layers_mask(value) -> object:
+    """A white-on-black mask from an image editor's painted layers (any painted pixel is masked)."""
+    import numpy as np
+    from PIL import Image
+    layers = [lay for lay in (value or {}).get("layers") or [] if lay is not None]
+    if not layers:
+        return None
+    alpha = np.zeros(layers[0].size[::-1], dtype=bool)
+    for lay in layers:
+        alpha |= np.asarray(lay.convert("RGBA"))[..., 3] > 0
+    return Image.fromarray((alpha * 255).astype("uint8"))
+
+
+def init_from_editors(mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask):
+    """(init images, mask) from the img2img sub-tab in use, as A1111 reads them."""
+    from webui.core.errors import InvalidField
+
+    def need(image, what):
+        if image is None:
+            raise InvalidField("init_images", f"no image in the {what} tab: upload one first")
+        return image
+
+    if mode == "sketch":
+        return [need((sketch or {}).get("composite"), "Sketch").convert("RGB")], None
+    if mode == "inpaint":
+        base = need((inpaint or {}).get("background"), "Inpaint")
+        return [base.convert("RGB")], _layers_mask(inpaint)
+    if mode == "inpaint sketch":
+        comp = need((inpaint_sketch or {}).get("composite"), "Inpaint sketch")
+        return [comp.convert("RGB")], _layers_mask(inpaint_sketch)
+    if mode == "inpaint upload":
+        return [need(upload_image, "Inpaint upload").convert("RGB")], need(upload_mask, "Inpaint upload (mask)")
+    return [need(plain, "img2img").convert("RGB")], None

@@ -184,3 +184,16 @@ def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], np.asarray(src)[outside])
     assert "Mask blur: 0" in Image.open(saved).info["parameters"]
+
+
+def test_send_to_img2img_carries_image_and_parameters(page, data_dir):
+    page.get_by_role("tab", name="txt2img").first.click()
+    set_number(page, "txt2img_steps", 4)
+    set_number(page, "txt2img_batch_count", 1)
+    set_number(page, "txt2img_seed", 777)
+    generate(page, data_dir, "a purple star on the left")
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea').value"
+                           " === 'a purple star on the left'")
+    page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
+    assert page.locator("#img2img_seed input[type=number]").first.input_value() == "777"

@@ -7,7 +7,7 @@ from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.ui import extra_networks, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
-from webui.ui.generation_tab import GenerationTab
+from webui.ui.generation_tab import GenerationTab, wire_send_to
 
 
 def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
@@ -60,6 +60,7 @@ def build_ui(engine: Engine) -> gr.Blocks:
                 i2i = GenerationTab(engine, "img2img")
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
+            wire_send_to(t2i, i2i, tabs)
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):

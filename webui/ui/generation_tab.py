@@ -84,7 +84,16 @@ class GenerationTab:
                                      format="png", interactive=False)
                 info = gr.HTML("", elem_id=f"html_info_{m}")
                 error = gr.HTML("", elem_id=f"{m}_error")
+                with gr.Row():
+                    self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{m}_send_to_img2img")
+                    self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{m}_send_to_inpaint")
         last_seed = gr.State(-1)
+        self.gallery, self.selected, self.infotexts = gallery, gr.State(0), gr.State([])
+
+        def on_select(evt: gr.SelectData) -> int:
+            return evt.index
+
+        gallery.select(on_select, None, self.selected, queue=False)
         self.fields = {"prompt": prompt, "negative_prompt": negative, "sampler_name": sampler,
                        "scheduler": schedule, "steps": steps, "width": width, "height": height,
                        "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
@@ -119,7 +128,7 @@ class GenerationTab:
                 else:
                     job = e.submit_txt2img(req, save=save)
             except (StudioError, ValueError, TypeError) as err:
-                yield gr.update(), gr.update(), "", error_html(err), gr.update()
+                yield gr.update(), gr.update(), "", error_html(err), gr.update(), gr.update()
                 return
             shown = -1
             while not job.done.wait(0.25):
@@ -128,20 +137,21 @@ class GenerationTab:
                 if p.preview is not None and p.preview_id != shown:
                     shown = p.preview_id
                     preview = [p.preview]
-                yield preview, progress_html(p.fraction, p.textinfo), gr.update(), "", gr.update()
+                yield preview, progress_html(p.fraction, p.textinfo), gr.update(), "", gr.update(), gr.update()
             try:
                 result = job.wait()
             except Exception as err:  # noqa: BLE001 - shown to the user; the server keeps serving
-                yield gr.update(), "", "", error_html(err), gr.update()
+                yield gr.update(), "", "", error_html(err), gr.update(), gr.update()
                 return
             notes = ("\n" + "\n".join(result.notes)) if result.notes else ""
             text = result.infotexts[result.index_of_first_image] if result.infotexts else "Interrupted"
             yield (result.images, "", info_html(text + notes), "",
-                   result.seeds[0] if result.seeds else -1)
+                   result.seeds[0] if result.seeds else -1, result.infotexts)
 
-        generate.click(run, inputs, [gallery, progress, info, error, last_seed],
+        outputs = [gallery, progress, info, error, last_seed, self.infotexts]
+        generate.click(run, inputs, outputs,
                        concurrency_limit=None, show_progress="hidden")
-        prompt.submit(run, inputs, [gallery, progress, info, error, last_seed], concurrency_limit=None,
+        prompt.submit(run, inputs, outputs, concurrency_limit=None,
                       show_progress="hidden")
         def count(text: str) -> str:
             n, cap = e.token_count(text or "")
@@ -156,14 +166,14 @@ class GenerationTab:
 
     def _build_init_images(self) -> None:
         mode = gr.State("img2img")
-        with gr.Tabs(elem_id="mode_img2img"):
-            with gr.Tab("img2img", elem_id="img2img_img2img_tab") as t1:
+        with gr.Tabs(elem_id="mode_img2img") as self.subtabs:
+            with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t1:
                 plain = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", sources=["upload"])
             with gr.Tab("Sketch", elem_id="img2img_img2img_sketch_tab") as t2:
                 sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch",
                                         brush=gr.Brush(colors=["#dc1e1e", "#1e9f32", "#2346dc", "#f5dc23",
                                                                "#000000", "#ffffff"]))
-            with gr.Tab("Inpaint", elem_id="img2img_inpaint_tab") as t3:
+            with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t3:
                 inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", elem_id="img2maskimg",
                                          brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
             with gr.Tab("Inpaint sketch", elem_id="img2img_inpaint_sketch_tab") as t4:
@@ -175,6 +185,7 @@ class GenerationTab:
                           (t5, "inpaint upload")):
             tab.select(lambda n=name: n, None, mode, queue=False)
         self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask]
+        self.mode_state, self.plain_image, self.inpaint_editor = mode, plain, inpaint
 
     def _build_img2img_options(self) -> None:
         with gr.Row():
@@ -232,3 +243,40 @@ def init_from_editors(mode, plain, sketch, inpaint, inpaint_sketch, upload_image
     if mode == "inpaint upload":
         return [need(upload_image, "Inpaint upload").convert("RGB")], need(upload_mask, "Inpaint upload (mask)")
     return [need(plain, "img2img").convert("RGB")], None
+
+
+def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) -> None:
+    """"Send to img2img / inpaint": the selected gallery image and its parameters go to the img2img tab."""
+    from webui.ui.pnginfo_tab import paste_values
+
+    def pick(gallery, index, infotexts):
+        if not gallery:
+            return None, ""
+        index = min(int(index or 0), len(gallery) - 1)
+        item = gallery[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(image, str):
+            from PIL import Image
+            image = Image.open(image)
+        text = infotexts[index] if infotexts and index < len(infotexts) else ""
+        return image.convert("RGB"), text
+
+    fields = {k: target.fields[k] for k in source.fields if k in target.fields and k not in (
+        "denoising_strength", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x",
+        "hr_resize_y")}
+
+    def to_img2img(gallery, index, infotexts):
+        image, text = pick(gallery, index, infotexts)
+        return [image, "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="tab_img2img"),
+                *paste_values(text, fields)]
+
+    def to_inpaint(gallery, index, infotexts):
+        image, text = pick(gallery, index, infotexts)
+        editor = {"background": image, "layers": [], "composite": image} if image is not None else None
+        return [editor, "inpaint", gr.Tabs(selected="inpaint"), gr.Tabs(selected="tab_img2img"),
+                *paste_values(text, fields)]
+
+    inputs = [source.gallery, source.selected, source.infotexts]
+    tail = [target.mode_state, target.subtabs, tabs, *fields.values()]
+    source.send_img2img.click(to_img2img, inputs, [target.plain_image, *tail])
+    source.send_inpaint.click(to_inpaint, inputs, [target.inpaint_editor, *tail])

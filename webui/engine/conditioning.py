@@ -136,6 +136,15 @@ class PromptEncoder:
         return Cond(embeds, pooled)
 
 
+def chunk_ids(tokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
+    """Plain token ids (no prompt language) in 75-token chunks, each wrapped in BOS/EOS and padded to 77."""
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    chunks = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+    chunks += [[]] * (min_chunks - len(chunks))
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    return [[bos, *c, eos] + [pad] * (CHUNK + 1 - len(c)) for c in chunks]
+
+
 def token_count(tokenizer, text: str) -> tuple[int, int]:
     """(tokens used, capacity) as A1111 shows next to the prompt box ("12/75")."""
     clean, _ = pp.parse_extra_networks(text)

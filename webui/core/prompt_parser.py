@@ -20,6 +20,9 @@ Deliberate differences from A1111 (everything else follows its behaviour, includ
 - ``chunk_tokens`` raises ``InvalidField`` for an embedding longer than a chunk (A1111 overfills the chunk), and
   when comma back-tracking moves an embedding to the next chunk its position moves with it (A1111 leaves it behind).
 - ``schedule_for_step``: a step past the last entry gives the last text (A1111 falls back to the first one).
+- Where A1111's grammar is ambiguous (a construct directly followed by a stray ``[ ] ( ) :`` at the top level, as
+  in ``[a:b:3]]``), A1111's result changes from run to run (its parser's choice depends on Python's hash seed);
+  here the construct always wins, as it does in A1111 without the stray character.
 """
 
 from __future__ import annotations
@@ -159,6 +162,10 @@ _Part = str | _Scheduled | _Alternate
 _NUMBER_TAIL = re.compile(r"\s*([+-]?(?:\d+[eE][+-]?\d+|(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+))\s*\]")
 
 
+class _TooDeep(Exception):
+    pass
+
+
 class _ScheduleParser:
     """Recursive descent over A1111's prompt-editing grammar.
 
@@ -169,10 +176,20 @@ class _ScheduleParser:
     it is used as written, without any editing.
     """
 
+    MAX_DEPTH = 150  # deeper nesting is refused (the prompt is then used as written; A1111 hits a RecursionError)
+
     def __init__(self, text: str) -> None:
         self.s = text
+        self._memo: dict[int, tuple[list[_Part], int] | None] = {}  # a construct's parse does not depend on context
+        self._depth = 0
 
     def parse(self) -> list[_Part] | None:
+        try:
+            return self._top()
+        except _TooDeep:
+            return None
+
+    def _top(self) -> list[_Part] | None:
         s, out, i = self.s, [], 0
         while True:
             parts, i = self._prompt(i)
@@ -211,6 +228,15 @@ class _ScheduleParser:
         return self.s[i] if i < len(self.s) else ""
 
     def _construct(self, i: int) -> tuple[list[_Part], int] | None:
+        if i not in self._memo:
+            if self._depth >= self.MAX_DEPTH:
+                raise _TooDeep
+            self._depth += 1
+            self._memo[i] = self._parse_construct(i)
+            self._depth -= 1
+        return self._memo[i]
+
+    def _parse_construct(self, i: int) -> tuple[list[_Part], int] | None:
         first, j = self._prompt(i + 1)
         c = self._at(j)
         if self.s[i] == "(":
@@ -424,7 +450,7 @@ class EmbeddingMatch(NamedTuple):
     n_vectors: int
 
 
-EmbeddingLookup = Callable[[Sequence[int], int], "EmbeddingMatch | None"]
+EmbeddingLookup = Callable[[Sequence[int], int], EmbeddingMatch | None]
 
 
 class EmbeddingIndex:

@@ -142,7 +142,7 @@ def chunk_ids(tokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
     chunks = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
     chunks += [[]] * (min_chunks - len(chunks))
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    return [[bos, *c, eos] + [pad] * (CHUNK + 1 - len(c)) for c in chunks]
+    return [[bos, *c, eos] + [pad] * (CHUNK - len(c)) for c in chunks]
 
 
 def token_count(tokenizer, text: str) -> tuple[int, int]:

@@ -32,7 +32,6 @@ reference implementation without emphasis):
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from webui.models.hashes import file_sha256
 
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
 ENCODERS = ("text_encoder", "text_encoder_2")
@@ -174,11 +175,7 @@ class Embedding:
     def sha256(self) -> str | None:
         """sha256 of the whole file (None for an embedding made in memory); computed on first use."""
         if self._sha256 is None and self.path is not None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = file_sha256(self.path)
         return self._sha256
 
     @property

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from webui.models.hashes import file_sha256
+
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 # Cross-attention width of each family's UNet (the input width of attn2.to_k / to_v): tells a file's family.
@@ -61,7 +63,7 @@ class LoraInfo:
     def sha256(self) -> str:
         """A1111's LoRA hash (see the module docstring); computed on first use."""
         if self._sha256 is None:
-            self._sha256 = addnet_hash(self.path) if self.is_safetensors else _file_sha256(self.path)
+            self._sha256 = addnet_hash(self.path) if self.is_safetensors else file_sha256(self.path)
         return self._sha256
 
     @property
@@ -110,14 +112,6 @@ def addnet_hash(path: Path, block: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         f.seek(8 + n)
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()

@@ -14,13 +14,14 @@ whose weights do not fit that architecture is refused with a ValueError naming i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from webui.models.hashes import file_sha256
 
 VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 _IGNORED = ("loss.", "model_ema.")
@@ -38,11 +39,7 @@ class VaeInfo:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = file_sha256(self.path)
         return self._sha256
 
     @property

@@ -347,6 +347,11 @@ def train_unet(args, work: Path, vae):
         ids[drop] = empty
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
         noise = torch.randn(z.shape, generator=g)
+        if args.offset_noise:
+            # offset noise: without it the model reads the background colour off the per-channel mean of the noisy
+            # latent (at 16x16 the image mean still leaks through at t=999) instead of from the prompt, and at
+            # sampling time the background follows the random mean of the starting noise
+            noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.unet_lr, args.warmup)
@@ -424,6 +429,8 @@ def train_controlnet(args, work: Path, vae, te, unet):
         ids[drop] = empty
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
         noise = torch.randn(z.shape, generator=g)
+        if args.offset_noise:
+            noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.cn_lr, 20)
@@ -652,6 +659,7 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=1.0)
+    ap.add_argument("--offset-noise", type=float, default=0.0)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--cn-steps", type=int, default=400)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -131,7 +131,6 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
                     "state": {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
                               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
         p = job.progress
-        import time
         elapsed = time.time() - p.started if p.started else 0.0
         frac = p.fraction
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
@@ -282,5 +281,3 @@ def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any]) -> None:
     install_error_handlers(app)
     app.include_router(build_router(engine, cmd_flags))
 
-
-__all__ = ["mount_api", "decode_image", "encode_png", "json"]

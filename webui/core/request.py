@@ -202,6 +202,14 @@ _INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
 }
 
 
+def _size(value: Any, negative: bool = False) -> tuple[int, int] | None:
+    """"512x768" -> (512, 768); None when the value is not of that form ("-1x-1" only with negative)."""
+    w, sep, h = str(value or "").partition("x")
+    def ok(t: str) -> bool:
+        return (t.strip().lstrip("-") if negative else t.strip()).isdigit()
+    return (int(w), int(h)) if sep and ok(w) and ok(h) else None
+
+
 def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
     """Request fields (and override_settings) from a parsed infotext dict."""
     out: dict[str, Any] = {}
@@ -215,22 +223,13 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
                 out[name] = kind(float(parsed[key])) if kind is int else kind(parsed[key])
             except ValueError:
                 continue
-    size = str(parsed.get("Size", ""))
-    if "x" in size:
-        w, _, h = size.partition("x")
-        if w.strip().isdigit() and h.strip().isdigit():
-            out["width"], out["height"] = int(w), int(h)
+    if size := _size(parsed.get("Size")):
+        out["width"], out["height"] = size
     out["enable_hr"] = any(k in parsed for k in ("Hires upscaler", "Hires upscale", "Hires resize"))
-    hires = str(parsed.get("Hires resize", ""))
-    if "x" in hires:
-        w, _, h = hires.partition("x")
-        if w.strip().isdigit() and h.strip().isdigit():
-            out["hr_resize_x"], out["hr_resize_y"] = int(w), int(h)
-    resize = str(parsed.get("Seed resize from", ""))
-    if "x" in resize:
-        w, _, h = resize.partition("x")
-        if w.strip().lstrip("-").isdigit() and h.strip().lstrip("-").isdigit():
-            out["seed_resize_from_w"], out["seed_resize_from_h"] = int(w), int(h)
+    if size := _size(parsed.get("Hires resize")):
+        out["hr_resize_x"], out["hr_resize_y"] = size
+    if size := _size(parsed.get("Seed resize from"), negative=True):
+        out["seed_resize_from_w"], out["seed_resize_from_h"] = size
     overrides: dict[str, Any] = {}
     if parsed.get("Clip skip"):
         try:

@@ -336,7 +336,7 @@ class Engine:
             grid = saving.make_grid(images, batch_size=req.batch_size)
             if save and opts.get("grid_save") and not req.do_not_save_grid:
                 grids = "outdir_img2img_grids" if init else "outdir_txt2img_grids"
-                res.saved.append(saving.save_grid(grid, self._outdir(opts, grids, opts),
+                res.saved.append(saving.save_grid(grid, self._outdir(opts, grids),
                                                   res.infotexts[0], fmt=_ext(opts.get("grid_format")),
                                                   jpeg_quality=int(opts.get("jpeg_quality", 80))))
             if opts.get("return_grid"):
@@ -409,7 +409,7 @@ class Engine:
                    **(res.init.infotext(req) if res.init else {}), **res.extra_params})
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
-    def _outdir(self, opts: dict, key: str, _opts: dict | None = None) -> Path:
+    def _outdir(self, opts: dict, key: str) -> Path:
         base = opts.get("outdir_samples") if key.endswith("_samples") and opts.get("outdir_samples") else opts[key]
         folder = Path(base)
         if not folder.is_absolute():

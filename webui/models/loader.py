@@ -161,7 +161,7 @@ def _materialise(model: torch.nn.Module, sd: dict, dtype: torch.dtype, what: str
 def _empty(cls, config):
     from accelerate import init_empty_weights
     with init_empty_weights():
-        return cls(config) if not hasattr(cls, "from_config") else cls.from_config(config)
+        return cls.from_config(config)
 
 
 def _text_encoder(sd: dict, fam: Family, prefix: str, kind: str, template: dict, with_projection: bool,

@@ -15,6 +15,7 @@ from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.engine.processing import Engine
 from webui.models.manager import ModelManager, Placement
+from webui.scripts import default_runner
 
 
 def build_engine(args: argparse.Namespace) -> Engine:
@@ -30,12 +31,13 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None):
     engine = engine or build_engine(args)
     app = FastAPI(title="Studio API", docs_url="/docs", redoc_url=None)
     flags = {k: v for k, v in vars(args).items()}
-    mount_api(app, engine, flags)
+    scripts = default_runner(engine)   # built-in scripts; extensions' scripts join this registry
+    mount_api(app, engine, flags, scripts)
     if not args.nowebui:
         import gradio as gr
 
         from webui.ui.app_ui import build_ui
-        gr.mount_gradio_app(app, build_ui(engine), path="/", footer_links=["api"])
+        gr.mount_gradio_app(app, build_ui(engine, scripts), path="/", footer_links=["api"])
     wrapped = BasicAuthMiddleware(app, parse_credentials(args.api_auth), parse_credentials(args.gradio_auth))
     return wrapped, engine
 

@@ -22,6 +22,7 @@ from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
 from webui.engine.hires import IMAGE_UPSCALERS
 from webui.engine.processing import Engine, result_json
+from webui.extensions.runner import ScriptRunner
 
 
 class PngInfoRequest(BaseModel):
@@ -69,10 +70,13 @@ def install_error_handlers(app: FastAPI) -> None:
                              "field": parts[0].split(":")[0] if parts else None}, status_code=422)
 
 
-def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
+def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunner | None = None) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1")
     models = engine.models
     settings = engine.settings
+    if scripts is None:
+        from webui.scripts import default_runner
+        scripts = default_runner(engine)
 
     def fill_from_infotext(body, req) -> None:
         if body.infotext:
@@ -93,7 +97,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
     def txt2img(body: Txt2ImgRequest):
         req = to_request(body)
         fill_from_infotext(body, req)
-        result = engine.txt2img(req, save=bool(req.save_images))
+        result = scripts.run(req, save=bool(req.save_images))
         images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] \
             if req.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": result_json(result)}
@@ -111,7 +115,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
             note = f"mask resized from its own size to the image's {images[0].width}x{images[0].height}"
         else:
             note = None
-        result = engine.img2img(req, images, mask, save=bool(req.save_images))
+        result = scripts.run(req, images, mask, save=bool(req.save_images))
         if note:
             result.notes.append(note)
         out = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if req.send_images else []
@@ -121,6 +125,14 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any]) -> APIRouter:
         params["init_images"] = ["<omitted>"] * len(images)
         params["mask"] = "<omitted>" if req.mask else None
         return {"images": out, "parameters": params, "info": result_json(result)}
+
+    @r.get("/scripts")
+    def scripts_list():
+        return scripts.api_scripts()
+
+    @r.get("/script-info")
+    def script_info():
+        return scripts.api_script_info()
 
     @r.get("/progress")
     def progress(skip_current_image: bool = False):
@@ -277,7 +289,7 @@ def _resolvable(models, name: str) -> bool:
         return False
 
 
-def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any]) -> None:
+def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunner | None = None) -> None:
     install_error_handlers(app)
-    app.include_router(build_router(engine, cmd_flags))
+    app.include_router(build_router(engine, cmd_flags, scripts))
 

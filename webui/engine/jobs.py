@@ -25,13 +25,20 @@ class Progress:
     preview: Any = None       # PIL image of the current latents, when live previews are on
     preview_id: int = 0
     started: float = 0.0
+    stage: str = ""           # prefix of textinfo for jobs of many runs (scripts): "Cell 3 of 6: "
+    run_no: int = 0           # which run of a many-run job (X/Y/Z cell, loopback pass ...)
+    run_count: int = 0        # 0: a job of one run
 
     @property
     def fraction(self) -> float:
         if not self.job_count or not self.sampling_steps:
-            return 0.0
-        done = self.job_no * self.sampling_steps + self.sampling_step
-        return min(1.0, done / (self.job_count * self.sampling_steps))
+            inner = 0.0
+        else:
+            done = self.job_no * self.sampling_steps + self.sampling_step
+            inner = min(1.0, done / (self.job_count * self.sampling_steps))
+        if self.run_count > 1:
+            return min(1.0, (self.run_no + inner) / self.run_count)
+        return inner
 
 
 @dataclass

@@ -28,6 +28,7 @@ from webui.core.request import (
 from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
+from webui.engine.hooks import JobHooks
 from webui.engine.img2img import InitImages
 from webui.engine.jobs import Job, JobQueue
 from webui.engine.prompts import ExtraNetworks, JobPrompts
@@ -76,7 +77,7 @@ class GenerationResult:
             "sd_vae_name": self.vae.name if self.vae else None,
             "sd_vae_hash": self.vae.shorthash if self.vae else None, "seed_resize_from_w": r.seed_resize_from_w,
             "seed_resize_from_h": r.seed_resize_from_h, "denoising_strength": r.denoising_strength,
-            "extra_generation_params": {}, "index_of_first_image": self.index_of_first_image,
+            "extra_generation_params": dict(self.extra_params), "index_of_first_image": self.index_of_first_image,
             "infotexts": self.infotexts, "styles": r.styles, "job_timestamp": self.job_timestamp,
             "clip_skip": self.clip_skip, "is_using_inpainting_conditioning": False,
             "version": VERSION, "notes": self.notes,
@@ -105,6 +106,12 @@ class Engine:
     def submit_img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> Job:
         """img2img / inpainting with decoded PIL images (the faces decode base64 or take uploads)."""
         opts, sampler, schedule = self.prepare(req)
+        init = self.init_images(req, images, mask, opts)
+        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save, None, init),
+                                "img2img")
+
+    def init_images(self, req: Img2ImgRequest, images: list, mask, opts: dict) -> InitImages:
+        """The checked init images and mask of an img2img request (InvalidField before any work)."""
         if not images:
             raise InvalidField("init_images", "at least one init image is needed")
         if req.resize_mode not in range(4):
@@ -123,11 +130,21 @@ class Engine:
         if mask is not None and init.hard_mask_empty(req):
             init.mask = None
             init.notes.append("the mask is empty: processed as plain img2img (as A1111 does)")
-        return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save, None, init),
-                                "img2img")
+        return init
 
     def img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> GenerationResult:
         return self.submit_img2img(req, images, mask, save=save).wait()
+
+    def run_in_job(self, job: Job, req: GenerationRequest, images: list | None = None, mask=None, *,
+                   save: bool = True, hooks: JobHooks | None = None) -> GenerationResult:
+        """Run one request inside a job that is already running (scripts: many runs in one job).
+        img2img when ``images`` is given. Checks the request first, as the submit_* methods do."""
+        opts, sampler, schedule = self.prepare(req)
+        if images is not None:
+            init = self.init_images(req, images, mask, opts)   # type: ignore[arg-type]
+            return self._txt2img(job, req, opts, sampler, schedule, save, None, init, hooks)
+        hires = self.hires_plan(req, opts, sampler, schedule)
+        return self._txt2img(job, req, opts, sampler, schedule, save, hires, None, hooks)
 
     def prepare(self, req: GenerationRequest) -> tuple[dict, str, str]:
         """Checks that need no model: fields, settings overrides, sampler and schedule, checkpoint name."""
@@ -193,14 +210,15 @@ class Engine:
 
     # -- the job ---------------------------------------------------------------------------------------------
     def _txt2img(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
-                 save: bool, hires: HiresPlan | None = None, init: InitImages | None = None) -> GenerationResult:
+                 save: bool, hires: HiresPlan | None = None, init: InitImages | None = None,
+                 hooks: JobHooks | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
         networks = self._extra_networks(req)
         try:
             with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items):
                 res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
-                                         networks, init)
+                                         networks, init, hooks or JobHooks())
         except ValueError as e:   # a LoRA file that does not fit this model
             raise InvalidField("prompt", str(e)) from None
         return res
@@ -229,20 +247,24 @@ class Engine:
 
     def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                       save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info,
-                      networks: ExtraNetworks, init: InitImages | None = None) -> GenerationResult:
+                      networks: ExtraNetworks, init: InitImages | None = None,
+                      hooks: JobHooks | None = None) -> GenerationResult:
+        hooks = hooks or JobHooks()
         pipe = model.pipe
         device = model.placement.device
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
         total = req.batch_size * req.n_iter
-        seed = resolve_seed(req.seed)
-        subseed = resolve_seed(req.subseed)
-        seeds = [seed + i for i in range(total)]
-        subseeds = [subseed + i for i in range(total)] if req.subseed_strength > 0 else [subseed] * total
+        seeds, subseeds = job_seeds(req, total)
         prompts = [req.prompt] * total
         negatives = [req.negative_prompt] * total
         res = GenerationResult([], [], seeds, subseeds, prompts, negatives, req, model.info.model_name,
                                model.info.shorthash, sampler, schedule,
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
+        hooks.begin(res)   # scripts may give their own per-image prompts and seeds
+        prompts, negatives, seeds, subseeds = res.prompts, res.negative_prompts, res.seeds, res.subseeds
+        if not len(prompts) == len(negatives) == len(seeds) == len(subseeds) == total:
+            raise InvalidField("prompt", f"a script gave {len(prompts)} prompts, {len(negatives)} negative prompts, "
+                                         f"{len(seeds)} seeds for {total} images (batch_size x n_iter)")
         res.notes.extend(model.notes)
         res.notes.extend(networks.warnings)
         if init is not None:
@@ -276,6 +298,7 @@ class Engine:
             job.progress.job_no = n
             job.progress.sampling_step = 0
             sl = slice(n * req.batch_size, (n + 1) * req.batch_size)
+            hooks.before_batch(n, res, sl)
             latents, gens = noise.initial_noise(seeds[sl], latent_shape, device, str(opts.get("randn_source")),
                                                 subseeds[sl], req.subseed_strength, resize_from)
             noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
@@ -321,9 +344,10 @@ class Engine:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
                 extra["TI hashes"] = ti_hashes_infotext(encoder.used_embeddings.values())
-            res.extra_params = extra
+            res.extra_params = {**extra, **hooks.extra_params()}
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j
+                image = hooks.postprocess_image(i, image)
                 text = self._infotext(req, res, i, model, clip_skip)
                 res.infotexts.append(text)
                 images.append(image)
@@ -379,7 +403,7 @@ class Engine:
         def hook(i: int, latents: torch.Tensor) -> None:
             i += offset
             job.progress.sampling_step = i + 1
-            job.progress.textinfo = f"Step {i + 1}/{job.progress.sampling_steps}"
+            job.progress.textinfo = f"{job.progress.stage}Step {i + 1}/{job.progress.sampling_steps}"
             if every and (i + 1) % every == 0 and i + 1 < job.progress.sampling_steps:
                 job.progress.preview = self.preview(pipe, latents[:1], opts.get("show_progress_type", "Full"))
                 job.progress.preview_id += 1
@@ -409,6 +433,12 @@ class Engine:
                    **(res.init.infotext(req) if res.init else {}), **res.extra_params})
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
+    def save_grid(self, grid, text: str | None, opts: dict, *, img2img: bool = False) -> Path:
+        """Save a grid (a script's) into the txt2img or img2img grids folder, in the grid format."""
+        folder = self._outdir(opts, "outdir_img2img_grids" if img2img else "outdir_txt2img_grids")
+        return saving.save_grid(grid, folder, text, fmt=_ext(opts.get("grid_format")),
+                                jpeg_quality=int(opts.get("jpeg_quality", 80)))
+
     def _outdir(self, opts: dict, key: str) -> Path:
         base = opts.get("outdir_samples") if key.endswith("_samples") and opts.get("outdir_samples") else opts[key]
         folder = Path(base)
@@ -426,6 +456,16 @@ class Engine:
         return saving.save_image(image, self._outdir(opts, folder_key), text, tokens=tokens,
                                  pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
                                  fmt=_ext(opts.get("samples_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
+
+
+def job_seeds(req: GenerationRequest, total: int) -> tuple[list[int], list[int]]:
+    """The seed and variation seed of each image of a job: -1 drawn once, then seed + i (image i can be
+    remade alone); variation seeds count up only when a variation strength is set."""
+    seed = resolve_seed(req.seed)
+    subseed = resolve_seed(req.subseed)
+    seeds = [seed + i for i in range(total)]
+    subseeds = [subseed + i for i in range(total)] if req.subseed_strength > 0 else [subseed] * total
+    return seeds, subseeds
 
 
 def _ext(fmt: object) -> str:

@@ -5,6 +5,7 @@ import gradio as gr
 
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
+from webui.extensions.runner import ScriptRunner
 from webui.ui import extra_networks, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to
@@ -48,16 +49,19 @@ def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
     return ckpt
 
 
-def build_ui(engine: Engine) -> gr.Blocks:
+def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
+    if scripts is None:
+        from webui.scripts import default_runner
+        scripts = default_runner(engine)
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
         ckpt = _checkpoint_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
-                t2i = GenerationTab(engine, "txt2img")
+                t2i = GenerationTab(engine, "txt2img", scripts)
                 t2i.build()
                 extra_networks.build(engine, t2i.fields["prompt"], ckpt, "txt2img")
             with gr.Tab("img2img", id="tab_img2img", elem_id="tab_img2img"):
-                i2i = GenerationTab(engine, "img2img")
+                i2i = GenerationTab(engine, "img2img", scripts)
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
             wire_send_to(t2i, i2i, tabs)

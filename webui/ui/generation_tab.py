@@ -11,15 +11,19 @@ from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, 
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import hires_upscalers
 from webui.engine.processing import Engine
+from webui.extensions.runner import ScriptRunner
 from webui.ui.common import error_html, info_html, progress_html
+from webui.ui.scripts_ui import ScriptsUI
 
 
 class GenerationTab:
     """Widgets with A1111's element ids; `fields` maps request field names to their components."""
 
-    def __init__(self, engine: Engine, mode: str = "txt2img"):
+    def __init__(self, engine: Engine, mode: str = "txt2img", scripts: ScriptRunner | None = None):
         self.engine = engine
         self.mode = mode
+        self.scripts = scripts
+        self.scripts_ui: ScriptsUI | None = None
         self.fields: dict[str, gr.components.Component] = {}
         self.init_inputs: list = []
 
@@ -78,6 +82,9 @@ class GenerationTab:
                     seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{m}_seed")
                     random_seed = gr.Button("🎲", elem_id=f"{m}_random_seed", size="sm", min_width=40)
                     reuse_seed = gr.Button("♻️", elem_id=f"{m}_reuse_seed", size="sm", min_width=40)
+                if self.scripts is not None:
+                    self.scripts_ui = ScriptsUI(self.scripts, m == "img2img")
+                    self.scripts_ui.build()
             with gr.Column():
                 progress = gr.HTML("", elem_id=f"{m}_progress")
                 gallery = gr.Gallery(label="Output", elem_id=f"{m}_gallery", columns=4, height="auto",
@@ -104,10 +111,13 @@ class GenerationTab:
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
         inputs = list(self.fields.values()) + self.init_inputs
+        script_inputs = self.scripts_ui.inputs if self.scripts_ui else []
+        inputs += script_inputs
 
         def run(*values):
             kw = dict(zip(self.fields, values))
-            init_values = values[len(self.fields):]
+            init_values = values[len(self.fields):len(self.fields) + len(self.init_inputs)]
+            script_values = values[len(values) - len(script_inputs):] if script_inputs else ()
             try:
                 cls = Img2ImgRequest if m == "img2img" else GenerationRequest
                 extra = {k: int(kw[k]) for k in self.i2i_fields} if m == "img2img" else {}
@@ -122,11 +132,16 @@ class GenerationTab:
                     denoising_strength=float(kw["denoising_strength"]), hr_scale=float(kw["hr_scale"]),
                     hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]))
                 save = bool(e.settings.get("samples_save", True))
+                if self.scripts_ui is not None:
+                    for key, value in self.scripts_ui.request_fields(script_values).items():
+                        setattr(req, key, value)
                 if m == "img2img":
                     images, mask = init_from_editors(*init_values)
-                    job = e.submit_img2img(req, images, mask, save=save)
+                    job = (self.scripts.submit(req, images, mask, save=save) if self.scripts is not None
+                           else e.submit_img2img(req, images, mask, save=save))
                 else:
-                    job = e.submit_txt2img(req, save=save)
+                    job = (self.scripts.submit(req, save=save) if self.scripts is not None
+                           else e.submit_txt2img(req, save=save))
             except (StudioError, ValueError, TypeError) as err:
                 yield gr.update(), gr.update(), "", error_html(err), gr.update(), gr.update()
                 return

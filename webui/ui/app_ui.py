@@ -6,7 +6,7 @@ import gradio as gr
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
-from webui.ui import extra_networks, pnginfo_tab, settings_tab
+from webui.ui import extra_networks, merger_tab, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to
 
@@ -67,6 +67,8 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
             wire_send_to(t2i, i2i, tabs)
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
+            with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):
+                merger_tab.build(engine, ckpt)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):
                 settings_tab.build(engine.settings, {"sd_vae": engine.models.vae_names})
     demo.queue(default_concurrency_limit=None)

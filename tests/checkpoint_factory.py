@@ -4,7 +4,8 @@
     path = make_tiny_checkpoint(tmp_path / "tiny-sd1.safetensors", "sd1", seed=0)
 
 Families: ``sd1``, ``sd2``, ``sd2-v`` (same weights layout as sd2, plus ``<name>.yaml`` saying
-``parameterization: "v"`` next to the file, A1111's convention) and ``sdxl``.
+``parameterization: "v"`` next to the file, A1111's convention), ``sdxl``, and ``sd1-inpainting`` (the sd1
+layout with a 9-channel UNet input, as sd-v1-5-inpainting: latents + mask + masked-image latents).
 
 Each tiny model keeps its family's structure (which blocks have attention, linear vs conv projections, SDXL's
 "text_time" embedding and two text encoders, SD2's OpenCLIP layout with its extra resblock) and obeys the rules the
@@ -37,7 +38,9 @@ from webui.models.original_layout import pipeline_to_original  # noqa: E402
 
 CONFIG_DIR = ROOT / "webui" / "models" / "configs"
 TOKENIZER_DIR = CONFIG_DIR / "tokenizer"
-FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
+FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl", "sd1-inpainting")
+# Families written in another family's single-file layout.
+_LAYOUT = {"sd1-inpainting": "sd1"}
 SD2_V_YAML = 'model:\n  params:\n    parameterization: "v"\n'
 
 
@@ -107,6 +110,10 @@ def _build_tiny_configs() -> dict[str, dict[str, dict]]:
                        "text_encoder": _text_config("sdxl", "text_encoder", hidden_l),
                        "text_encoder_2": _text_config("sdxl", "text_encoder_2", hidden_g, projection_dim=proj_g),
                        "scheduler": _template("sdxl", "scheduler")}
+
+    # SD1 inpainting: sd1 with 9 UNet input channels (4 noisy latents + 1 mask + 4 masked-image latents).
+    configs["sd1-inpainting"] = copy.deepcopy(configs["sd1"])
+    configs["sd1-inpainting"]["unet"]["in_channels"] = 9
     return configs
 
 
@@ -159,8 +166,8 @@ def make_tiny_checkpoint(path, family: str, seed: int = 0, fmt: str = "safetenso
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sds = tiny_state_dicts(family, seed)
-    sd = pipeline_to_original(family, sds["unet"], sds["vae"], sds["text_encoder"], sds.get("text_encoder_2"),
-                              extra_keys=extra_keys)
+    sd = pipeline_to_original(_LAYOUT.get(family, family), sds["unet"], sds["vae"], sds["text_encoder"],
+                              sds.get("text_encoder_2"), extra_keys=extra_keys)
     sd = {k: v.to(torch.float32).contiguous() if v.is_floating_point() else v.contiguous() for k, v in sd.items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file

@@ -30,6 +30,8 @@ def _defs() -> dict[str, Setting]:
         "emphasis": s("Original", "Emphasis mode: how (word:1.2) weights apply", "Stable Diffusion",
                       choices=("Original", "No norm", "Ignore", "None")),
         "CLIP_stop_at_last_layers": s(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
+        "inpainting_mask_weight": s(1.0, "Inpainting conditioning mask strength (inpainting checkpoints)",
+                                    "Stable Diffusion", minimum=0.0, maximum=1.0),
         "eta_ancestral": s(1.0, "Eta for ancestral samplers", "Sampler parameters", minimum=0.0, maximum=1.0),
         "eta_noise_seed_delta": s(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),
         "randn_source": s("GPU", "Random number generator source", "Stable Diffusion", choices=("GPU", "CPU")),

@@ -154,8 +154,9 @@ def validate(req: GenerationRequest, limits: Limits) -> tuple[str, str]:
 def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed: int, subseed: int,
                     model_name: str, model_hash: str | None, clip_skip: int = 1,
                     denoising: float | None = None, vae_name: str | None = None, vae_hash: str | None = None,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The "Key: value" pairs of one image's infotext, in A1111's order."""
+                    extra: dict[str, Any] | None = None, mask_weight: float | None = None) -> dict[str, Any]:
+    """The "Key: value" pairs of one image's infotext, in A1111's order. mask_weight: the conditional mask
+    weight of an inpainting checkpoint's run (None for ordinary checkpoints)."""
     p: dict[str, Any] = {
         "Steps": req.steps,
         "Sampler": sampler,
@@ -175,6 +176,8 @@ def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed
         p["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
     if denoising is not None:
         p["Denoising strength"] = denoising
+    if mask_weight is not None:
+        p["Conditional mask weight"] = mask_weight
     if clip_skip > 1:
         p["Clip skip"] = clip_skip
     p.update(extra or {})
@@ -240,6 +243,11 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
         overrides["sd_model_checkpoint"] = str(parsed["Model"])
     if parsed.get("VAE"):
         overrides["sd_vae"] = str(parsed["VAE"])
+    if parsed.get("Conditional mask weight") not in (None, ""):
+        try:
+            overrides["inpainting_mask_weight"] = float(parsed["Conditional mask weight"])
+        except ValueError:
+            pass
     if overrides:
         out["override_settings"] = overrides
     return out

@@ -44,14 +44,17 @@ class InitImages:
                 p["Masked area padding"] = req.inpaint_full_res_padding
         return p
 
-    def start(self, req, model, scheduler, noise: torch.Tensor, indices: range):
-        """(timesteps, start latents, after-step blend hook or None, finisher of decoded images)."""
+    def start(self, req, model, scheduler, plan: sampling.SamplingPlan, noise: torch.Tensor, indices: range,
+              mask_weight: float = 1.0):
+        """(timesteps, start latents, finisher of decoded images). Sets the plan's after-step mask blend
+        (ordinary checkpoints) or its extra UNet input (inpainting checkpoints: mask + masked-image latents)."""
         pipe = model.pipe
         device = noise.device
+        per_image = device.type == "cpu"
         w, h = req.width, req.height
         mode = req.resize_mode
         bases = [geo.resize_image(mode, self.images[i % len(self.images)], w, h) for i in indices]
-        work, regions, soft, latent_mask = bases, None, None, None
+        work, regions, soft, latent_mask, work_mask = bases, None, None, None, None
         if self.mask is not None:
             bx, by = self.blur(req)
             hard, soft = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (w, h), mode)
@@ -64,21 +67,30 @@ class InitImages:
             if req.inpainting_fill == 0:
                 work = [geo.fill_masked(im, work_mask) for im in work]
             latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:], req.mask_round).to(device)
-        init = sampling.encode(pipe.vae, sampling.to_tensor(work)).to(device)
+        pixels = sampling.to_tensor(work)
+        init = sampling.encode(pipe.vae, pixels, per_image=per_image).to(device)
         if latent_mask is not None and req.inpainting_fill == 2:
             init = init * (1 - latent_mask) + noise * latent_mask
         elif latent_mask is not None and req.inpainting_fill == 3:
             init = init * (1 - latent_mask)
         timesteps = sampling.partial_timesteps(scheduler, req.steps, self.denoise, device)
         start = sampling.noised_start(scheduler, init, noise, timesteps)
-        blend = None
-        if latent_mask is not None:
+        if model.inpainting:
+            # The model sees the unmasked picture through its extra input channels, so (as diffusers'
+            # inpainting pipeline) the latents are not blended back each step.
+            hard_mask = None if work_mask is None else \
+                torch.from_numpy(np.asarray(work_mask, dtype=np.float32) / 255.0)[None, None]
+            plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, hard_mask, mask_weight, (h, w),
+                                                    len(work), per_image).to(device)
+        elif latent_mask is not None:
             def blend(i: int, latents: torch.Tensor) -> None:
                 if i + 1 < len(timesteps):
                     keep = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(len(init)))
                 else:
                     keep = init
                 latents.mul_(latent_mask).add_(keep * (1 - latent_mask))
+
+            plan.after_step.insert(0, blend)
 
         def finish(generated: list) -> list:
             if self.mask is None:
@@ -93,7 +105,7 @@ class InitImages:
                 out.append(geo.composite(base, gen, soft))
             return out
 
-        return timesteps, start, blend, finish
+        return timesteps, start, finish
 
     @staticmethod
     def _latent_mask(mask: Image.Image, bx: int, by: int, size, round_it: bool) -> torch.Tensor:
@@ -104,3 +116,22 @@ class InitImages:
         if round_it:
             arr = np.around(arr)
         return torch.from_numpy(arr)[None, None]
+
+
+def inpaint_conditioning(vae, images: torch.Tensor | None, mask: torch.Tensor | None, weight: float,
+                         size: tuple[int, int], batch: int, per_image: bool = False) -> torch.Tensor:
+    """The extra UNet input of an inpainting (9-channel) checkpoint: the mask at latent size, then the latents
+    of the image with the masked area blanked (0 in the VAE's [-1, 1] space, as the model was trained).
+
+    images: (B, 3, H, W) in [0, 1], or None for a blank picture (txt2img on an inpainting model);
+    mask: (1 or B, 1, H, W) in {0, 1}, or None for "everything masked" (txt2img, plain img2img).
+    weight: A1111's "inpainting conditioning mask strength" (setting inpainting_mask_weight): 1 blanks the
+    masked area fully, lower values let the original show through it to the model.
+    """
+    h, w = size
+    x = images * 2 - 1 if images is not None else torch.zeros(batch, 3, h, w)
+    m = mask if mask is not None else torch.ones(1, 1, h, w)
+    blanked = x * (1 - m * float(weight))           # = lerp(x, x * (1 - m), weight)
+    latents = sampling.encode(vae, (blanked + 1) / 2, per_image=per_image)
+    small = torch.nn.functional.interpolate(m, size=latents.shape[-2:])     # nearest, as A1111
+    return torch.cat([small.expand(len(latents), -1, -1, -1), latents], dim=1)

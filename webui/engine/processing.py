@@ -29,7 +29,7 @@ from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
-from webui.engine.img2img import InitImages
+from webui.engine.img2img import InitImages, inpaint_conditioning
 from webui.engine.jobs import Job, JobQueue
 from webui.engine.prompts import ExtraNetworks, JobPrompts
 from webui.models.embeddings import ti_hashes_infotext
@@ -61,6 +61,7 @@ class GenerationResult:
     vae: Any = None               # VaeInfo of a VAE file in use, None for the checkpoint's own
     extra_params: dict[str, Any] = field(default_factory=dict)
     init: Any = None              # InitImages of an img2img job
+    inpainting_conditioning: float | None = None   # the conditional mask weight, when an inpainting model ran
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -79,7 +80,8 @@ class GenerationResult:
             "seed_resize_from_h": r.seed_resize_from_h, "denoising_strength": r.denoising_strength,
             "extra_generation_params": dict(self.extra_params), "index_of_first_image": self.index_of_first_image,
             "infotexts": self.infotexts, "styles": r.styles, "job_timestamp": self.job_timestamp,
-            "clip_skip": self.clip_skip, "is_using_inpainting_conditioning": False,
+            "clip_skip": self.clip_skip,
+            "is_using_inpainting_conditioning": self.inpainting_conditioning is not None,
             "version": VERSION, "notes": self.notes,
             "interrupted": self.interrupted,
         }
@@ -279,7 +281,10 @@ class Engine:
         job.progress.job_count = req.n_iter
         job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        latent_shape = (pipe.unet.config.in_channels, req.height // scale, req.width // scale)
+        latent_shape = (pipe.vae.config.latent_channels, req.height // scale, req.width // scale)
+        mask_weight = float(opts.get("inpainting_mask_weight", 1.0))
+        if model.inpainting:
+            res.inpainting_conditioning = mask_weight
         resize_from = None
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
             resize_from = (req.seed_resize_from_w // scale, req.seed_resize_from_h // scale)
@@ -313,14 +318,16 @@ class Engine:
             plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
             finish = None
             if init is not None:
-                timesteps, latents, blend, finish = init.start(req, model, scheduler, latents.to(device),
-                                                               range(sl.start, sl.stop))
-                if blend is not None:
-                    plan.after_step.insert(0, blend)
+                timesteps, latents, finish = init.start(req, model, scheduler, plan, latents.to(device),
+                                                        range(sl.start, sl.stop), mask_weight)
             else:
                 scheduler.set_timesteps(req.steps, device=device)
                 timesteps = scheduler.timesteps
                 latents = latents.to(device) * scheduler.init_noise_sigma
+                if model.inpainting:   # as A1111: everything masked, a blank picture behind the mask
+                    plan.unet_concat = inpaint_conditioning(pipe.vae, None, None, mask_weight,
+                                                            (req.height, req.width), req.batch_size,
+                                                            device.type == "cpu").to(device)
             try:
                 latents = sampling.sample(pipe.unet, plan, latents, timesteps)
                 if hires:
@@ -397,6 +404,13 @@ class Engine:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
         plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
+        if model.inpainting:
+            # as A1111: with the full mask strength the model sees a blank picture, else the upscaled one
+            weight = float(opts.get("inpainting_mask_weight", 1.0))
+            pixels = sampling.decode(pipe.vae, init.to(device), per_image=device.type == "cpu")[0] \
+                if weight < 1 else None
+            plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, None, weight, (hr.height, hr.width), n,
+                                                    device.type == "cpu").to(device)
         return sampling.sample(pipe.unet, plan, start, timesteps)
 
     def _progress_hook(self, job: Job, pipe, every: int, opts: dict, offset: int = 0):
@@ -428,6 +442,7 @@ class Engine:
             res.sampler, res.schedule), seed=res.seeds[i], subseed=res.subseeds[i],
             model_name=model.info.model_name, model_hash=model.info.shorthash, clip_skip=clip_skip,
             denoising=res.init.denoise if res.init else (res.hires.denoising if res.hires else None),
+            mask_weight=res.inpainting_conditioning,
             vae_name=res.vae.name if res.vae else None, vae_hash=res.vae.shorthash if res.vae else None,
             extra={**(res.hires.infotext(req) if res.hires else {}),
                    **(res.init.infotext(req) if res.init else {}), **res.extra_params})

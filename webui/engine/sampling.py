@@ -30,6 +30,9 @@ class SamplingPlan:
     # Run the UNet image by image: on a CPU this costs nothing and makes image i of a batch bit-identical
     # to the same seed made alone (batched BLAS kernels round differently); on a GPU batching is kept.
     per_image: bool = False
+    # Extra UNet input channels concatenated to the (scaled) latents at every step: an inpainting checkpoint's
+    # mask + masked-image latents, (B, C, h, w).
+    unet_concat: torch.Tensor | None = None
     before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
 
@@ -62,14 +65,15 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
         conds, uncond = plan.conditioning(i)
         for hook in plan.before_step:
             latents = hook(i, latents)
-        out = _denoise(unet, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids, plan.per_image)
+        out = _denoise(unet, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids, plan.per_image,
+                       plan.unet_concat)
         latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
         for hook in plan.after_step:
             hook(i, latents)
     return latents
 
 
-def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image):
+def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None):
     """The guided noise prediction for the whole batch: uncond + cfg * sum_j w_j (cond_j - uncond)
     (composable diffusion when the prompt has AND parts)."""
     guided = cfg_scale > 1.0 or len(conds) > 1
@@ -81,10 +85,13 @@ def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_imag
             sub = [Cond(g.embeds[i:i + 1], None if g.pooled is None else g.pooled[i:i + 1]) for g in groups]
             sub_conds = list(zip(sub[1:] if guided else sub, [w for _, w in conds]))
             parts.append(_denoise(unet, sch, latents[i:i + 1], t, sub_conds, sub[0] if guided else None,
-                                  cfg_scale, None if time_ids is None else time_ids[i:i + 1], False))
+                                  cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
+                                  None if concat is None else concat[i:i + 1]))
         return torch.cat(parts)
     n = len(groups)
     x = sch.scale_model_input(torch.cat([latents] * n) if n > 1 else latents, t)
+    if concat is not None:
+        x = torch.cat([x, torch.cat([concat.to(x)] * n)], dim=1)
     embeds = torch.cat([g.embeds for g in groups])
     added = None
     if groups[0].pooled is not None:
@@ -162,8 +169,11 @@ def upscale_latents(latents: torch.Tensor, mode: str, height: int, width: int) -
 
 
 @torch.no_grad()
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] (B, 3, H, W) -> scaled latents (the distribution's mode: deterministic)."""
+def encode(vae, images: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) -> scaled latents (the distribution's mode: deterministic).
+    per_image: one image at a time, so a batch's latents equal each image's own (as decode)."""
+    if per_image and images.shape[0] > 1:
+        return torch.cat([encode(vae, one) for one in images.split(1)])
     x = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype)
     z = vae.encode(x).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0

@@ -55,6 +55,21 @@ def detect(keys: set[str] | list[str]) -> Family:
                               "or SDXL (CLIP-L + OpenCLIP-bigG) was recognised")
 
 
+# Inpainting checkpoints (sd-v1-5-inpainting, 512-inpainting-ema, SDXL inpainting 0.1) take the noisy latents (4)
+# plus the mask (1) and the masked image's latents (4) as UNet input: 9 channels instead of 4.
+INPAINT_IN_CHANNELS = 9
+
+
+def unet_in_channels(sd: dict) -> int:
+    """The UNet's input channels, read from the first convolution's weights (original layout)."""
+    return int(sd[UNET + "input_blocks.0.0.weight"].shape[1])
+
+
+def is_inpainting(sd: dict) -> bool:
+    """True for an inpainting checkpoint (9-channel UNet input): the weights alone tell, no config needed."""
+    return unet_in_channels(sd) == INPAINT_IN_CHANNELS
+
+
 @cache
 def _read_templates(name: str) -> str:
     folder = SHIPPED_CONFIGS / name

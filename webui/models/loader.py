@@ -113,6 +113,7 @@ class LoadedComponents:
     family: Family
     variant: str                 # template folder: sd1, sd2, sd2-v, sdxl
     pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    inpainting: bool = False     # a 9-channel UNet (mask + masked-image latents as extra input)
 
 
 def v_prediction_hint(path: Path, sd: dict) -> bool | None:
@@ -134,6 +135,7 @@ def unet_predicts_v(unet) -> bool:
     x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g, dtype=unet.dtype)
     ctx = torch.zeros(1, 77, unet.config.cross_attention_dim, dtype=unet.dtype)
     out = unet(x, torch.tensor([999]), encoder_hidden_states=ctx, return_dict=False)[0]
+    x = x[:, :out.shape[1]]   # an inpainting UNet's extra input channels (mask, masked image) are not predicted
     return float((out - x).norm() / x.norm()) > 0.5
 
 
@@ -230,4 +232,4 @@ def build_pipeline(path: Path, sd: dict, dtype: torch.dtype = torch.float32) -> 
                                        unet=unet, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedComponents(fam, variant, pipe)
+    return LoadedComponents(fam, variant, pipe, inpainting=families.is_inpainting(sd))

@@ -58,6 +58,7 @@ class LoadedModel:
     load_seconds: float
     notes: list[str] = field(default_factory=list)
     placed: bool = False
+    inpainting: bool = False      # 9-channel UNet: takes the mask and the masked image's latents as input
 
     @property
     def is_sdxl(self) -> bool:
@@ -204,7 +205,7 @@ class ModelManager:
         comps = build_pipeline(info.filename, sd, dtype=torch.float32)
         del sd
         model = LoadedModel(info, comps.family.name, comps.variant, comps.pipe, self.placement,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, inpainting=comps.inpainting)
         self._evict_others_from_device(info.name)
         self._place(model)
         return model

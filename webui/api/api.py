@@ -265,7 +265,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
 
     @r.get("/prompt-styles")
     def prompt_styles():
-        return []
+        return [s.api_item() for s in engine.styles.styles.values()]
 
     @r.get("/memory")
     def memory():

@@ -25,6 +25,7 @@ from webui.core.request import (
     resolve_seed,
     validate,
 )
+from webui.core.styles import StyleDatabase
 from webui.engine import conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
@@ -88,11 +89,13 @@ class GenerationResult:
 
 
 class Engine:
-    def __init__(self, settings: Settings, paths: Paths, models: ModelManager, jobs: JobQueue | None = None):
+    def __init__(self, settings: Settings, paths: Paths, models: ModelManager, jobs: JobQueue | None = None,
+                 styles: StyleDatabase | None = None):
         self.settings = settings
         self.paths = paths
         self.models = models
         self.jobs = jobs or JobQueue()
+        self.styles = styles or StyleDatabase(paths.styles_file)
 
     # -- faces call these ------------------------------------------------------------------------------------
     def submit_txt2img(self, req: GenerationRequest, *, save: bool = True) -> Job:
@@ -156,6 +159,7 @@ class Engine:
             raise InvalidField("override_settings", str(e)) from None
         limits = Limits(int(opts["max_batch_size"]), int(opts["max_batch_count"]), int(opts["max_image_side"]))
         sampler, schedule = validate(req, limits)
+        self.styles.resolve(req.styles)   # an unknown style fails before queueing
         if sampler not in engine_samplers.available():
             raise InvalidField("sampler_name", f"unknown sampler {sampler!r}; valid: "
                                                f"{', '.join(engine_samplers.available())}")
@@ -225,12 +229,21 @@ class Engine:
             raise InvalidField("prompt", str(e)) from None
         return res
 
+    def styled_prompts(self, req: GenerationRequest) -> tuple[str, str, str, str]:
+        """(prompt, negative prompt, hires prompt, hires negative prompt) with the request's styles applied, as
+        A1111 applies them to every prompt of a job (the infotext records the styled text); an empty hires prompt
+        stays empty (it means: the same as the first pass)."""
+        prompt, negative = self.styles.apply(req.prompt, req.negative_prompt, req.styles)
+        hr_prompt, hr_negative = (self.styles.apply(req.hr_prompt, req.hr_negative_prompt, req.styles)
+                                  if req.styles else (req.hr_prompt, req.hr_negative_prompt))
+        return prompt, negative, hr_prompt if req.hr_prompt else "", hr_negative if req.hr_negative_prompt else ""
+
     def _extra_networks(self, req: GenerationRequest) -> ExtraNetworks:
         """The <lora:...> tags of the prompt (and hires prompt): what to apply, what was not found."""
         found = ExtraNetworks()
         if req.disable_extra_networks:
             return found
-        for text in filter(None, {req.prompt, req.hr_prompt}):
+        for text in filter(None, set(self.styled_prompts(req)[::2])):
             _, tags = prompt_parser.parse_extra_networks(text)
             for kind, params_list in tags.items():
                 for params in params_list:
@@ -257,8 +270,9 @@ class Engine:
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
         total = req.batch_size * req.n_iter
         seeds, subseeds = job_seeds(req, total)
-        prompts = [req.prompt] * total
-        negatives = [req.negative_prompt] * total
+        styled, styled_negative, hr_prompt, hr_negative = self.styled_prompts(req)
+        prompts = [styled] * total
+        negatives = [styled_negative] * total
         res = GenerationResult([], [], seeds, subseeds, prompts, negatives, req, model.info.model_name,
                                model.info.shorthash, sampler, schedule,
                                job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=clip_skip)
@@ -291,8 +305,8 @@ class Engine:
         preview_every = int(opts.get("show_progress_every_n_steps", 5)) if opts.get("live_previews_enable") else 0
         hr_steps = hires.steps if hires else None
         first = JobPrompts(encoder, prompts, negatives, req.steps)
-        second = JobPrompts(encoder, [req.hr_prompt or p for p in prompts],
-                            [req.hr_negative_prompt or p for p in negatives], req.steps, hr_steps) if hires else None
+        second = JobPrompts(encoder, [hr_prompt or p for p in prompts],
+                            [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
         n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
         images: list = []
         for n in range(req.n_iter):
@@ -465,7 +479,7 @@ class Engine:
 
     def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict,
               folder_key: str = "outdir_txt2img_samples") -> Path:
-        tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale,
+        tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale, "styles": req.styles,
                   "sampler": req.sampler_name, "model_name": model.info.model_name,
                   "model_hash": model.info.shorthash, "width": req.width, "height": req.height}
         return saving.save_image(image, self._outdir(opts, folder_key), text, tokens=tokens,

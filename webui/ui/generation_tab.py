@@ -12,6 +12,7 @@ from webui.engine import samplers as engine_samplers
 from webui.engine.hires import hires_upscalers
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
+from webui.ui import styles_ui
 from webui.ui.common import error_html, info_html, progress_html
 from webui.ui.scripts_ui import ScriptsUI
 
@@ -40,6 +41,7 @@ class GenerationTab:
                 with gr.Row():
                     token_counter = gr.HTML("0/75", elem_id=f"{m}_token_counter")
                     neg_token_counter = gr.HTML("0/75", elem_id=f"{m}_negative_token_counter")
+                styles = styles_ui.build(e.styles, m, prompt, negative)
             with gr.Column(scale=1, min_width=160):
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{m}_generate")
                 with gr.Row():
@@ -106,7 +108,7 @@ class GenerationTab:
                        "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
                        "enable_hr": enable_hr, "hr_upscaler": hr_upscaler, "hr_second_pass_steps": hr_steps,
                        "denoising_strength": denoise, "hr_scale": hr_scale, "hr_resize_x": hr_x,
-                       "hr_resize_y": hr_y}
+                       "hr_resize_y": hr_y, "styles": styles}
         if m == "img2img":
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
@@ -130,7 +132,8 @@ class GenerationTab:
                     enable_hr=bool(kw["enable_hr"]), hr_upscaler=kw["hr_upscaler"],
                     hr_second_pass_steps=int(kw["hr_second_pass_steps"]),
                     denoising_strength=float(kw["denoising_strength"]), hr_scale=float(kw["hr_scale"]),
-                    hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]))
+                    hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]),
+                    styles=list(kw["styles"] or []))
                 save = bool(e.settings.get("samples_save", True))
                 if self.scripts_ui is not None:
                     for key, value in self.scripts_ui.request_fields(script_values).items():

@@ -61,6 +61,9 @@ def _defs() -> dict[str, Setting]:
         "show_progress_type": s("Full", "Live preview method", "Live previews", choices=("Full", "Approx cheap")),
         "max_batch_size": s(8, "Largest batch size a request may ask for", "Limits", minimum=1, maximum=64),
         "max_batch_count": s(100, "Largest batch count a request may ask for", "Limits", minimum=1, maximum=10000),
+        "xyz_max_cells": s(256, "Largest number of cells an X/Y/Z plot or prompt matrix may have", "Limits",
+                           minimum=1, maximum=100000),
+        "img_max_size_mp": s(200, "Largest grid a script may make, in megapixels", "Limits", minimum=1, maximum=2000),
         "max_image_side": s(2048, "Largest width or height a request may ask for", "Limits", minimum=64, maximum=8192),
     }
 

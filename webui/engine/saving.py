@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ import piexif.helper
 from PIL import Image, PngImagePlugin
 
 from webui.core.errors import InvalidField
-from webui.core.grids import grid_shape
+from webui.core.grids import GridAnnotation, grid_shape, label_font_size, wrap_text
 from webui.core.infotext import format_number, format_value
 
 try:
@@ -252,6 +253,25 @@ def save_grid(image: Image.Image, folder: Path, infotext: str | None, *, fmt: st
                      lambda n: f"grid-{n:04d}-{decoration}" if decoration else f"grid-{n:04d}")
 
 
+def save_named(image: Image.Image, folder: Path, stem: str, infotext: str | None, *, fmt: str = "png",
+               jpeg_quality: int = 95) -> Path:
+    """Save as ``folder/<stem>.<fmt>`` (img2img batch outputs are named after their inputs); when that name is
+    taken, ``<stem>_1``, ``<stem>_2``, ...: atomic, never overwriting. Returns the new file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = sanitize_filename_part(stem) or "image"
+    temp = _write_temp(folder, encode_image(image, infotext, fmt, jpeg_quality))
+    try:
+        with _folder_lock(folder):
+            for n in range(10_000):
+                target = folder / f"{stem}{f'_{n}' if n else ''}.{fmt.lower()}"
+                if _place(temp, target):
+                    return target
+        raise FileExistsError(f"no free file name for {stem} in {folder}")
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def _info_value(value: object) -> object:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="ignore")
@@ -298,3 +318,68 @@ def make_grid(images: Sequence[Image.Image], rows: int | None = None, *, batch_s
     for i, im in enumerate(images):
         grid.paste(im.convert(mode), (i % cols * w + (w - im.width) // 2, i // cols * h + (h - im.height) // 2))
     return grid
+
+
+def _label_font(size: int):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=size)   # Pillow's bundled FreeType font: no font file needed
+
+
+def labelled_grid(images: Sequence[Image.Image], cols: int,
+                  col_labels: Sequence[Sequence[GridAnnotation]] | None = None,
+                  row_labels: Sequence[Sequence[GridAnnotation]] | None = None, *, margin: int = 0,
+                  background: str = "white") -> Image.Image:
+    """Images in a grid of ``cols`` columns (row-major), ``margin`` px between cells, with A1111-style legends:
+    a header band above each column and a label column left of each row ("Label: value" lines, centred,
+    wrapped to the cell; inactive lines grey and struck through). Cells take the largest image's size."""
+    from PIL import ImageDraw
+
+    rows = max(1, math.ceil(len(images) / cols))
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    font_size = label_font_size(w, h)
+    font = _label_font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def measure(text: str) -> int:
+        return int(probe.textlength(text, font=font))
+
+    line_h = font_size + font_size // 3
+    pad = max(4, font_size // 2)
+    col_labels = [list(c) for c in col_labels or []]
+    row_labels = [list(r) for r in row_labels or []]
+    has_rows = any(a.text for r in row_labels for a in r)
+    has_cols = any(a.text for c in col_labels for a in c)
+    widest = max((measure(a.text) for r in row_labels for a in r), default=0)
+    pad_left = min(max(w * 3 // 4, widest + 2 * pad), w * 3 // 2) if has_rows else 0
+
+    def wrapped(labels: list[GridAnnotation], width: int) -> list[tuple[str, bool]]:
+        return [(line, a.is_active) for a in labels for line in wrap_text(a.text, width, measure)]
+
+    col_lines = [wrapped(c, w - 2 * pad) for c in col_labels]
+    row_lines = [wrapped(r, pad_left - 2 * pad) for r in row_labels]
+    pad_top = (max((len(c) for c in col_lines), default=0) * line_h + 2 * pad) if has_cols else 0
+    size = (pad_left + cols * w + (cols - 1) * margin, pad_top + rows * h + (rows - 1) * margin)
+    mode = "RGBA" if any(im.mode in ("RGBA", "LA", "PA") for im in images) else "RGB"
+    out = Image.new(mode, size, background)
+    for i, im in enumerate(images):
+        x = pad_left + (i % cols) * (w + margin) + (w - im.width) // 2
+        y = pad_top + (i // cols) * (h + margin) + (h - im.height) // 2
+        out.paste(im.convert(mode), (x, y))
+    draw = ImageDraw.Draw(out)
+
+    def block(lines: list[tuple[str, bool]], cx: float, cy: float) -> None:
+        top = cy - len(lines) * line_h / 2
+        for k, (text, active) in enumerate(lines):
+            y = top + k * line_h + line_h / 2
+            colour = (0, 0, 0) if active else (153, 153, 153)
+            draw.text((cx, y), text, font=font, fill=colour, anchor="mm")
+            if not active:
+                half = measure(text) / 2
+                draw.line((cx - half, y, cx + half, y), fill=colour, width=max(1, font_size // 10))
+
+    for c, lines in enumerate(col_lines[:cols]):
+        block(lines, pad_left + c * (w + margin) + w / 2, pad_top / 2)
+    for r, lines in enumerate(row_lines[:rows]):
+        block(lines, pad_left / 2, pad_top + r * (h + margin) + h / 2)
+    return out

@@ -99,7 +99,7 @@ class ScriptRegistry:
 class TabScripts:
     """Instances of the scripts for one tab (A1111 makes one set for txt2img and one for img2img)."""
 
-    def __init__(self, registry: ScriptRegistry, is_img2img: bool):
+    def __init__(self, registry: ScriptRegistry, is_img2img: bool, engine: Engine | None = None):
         self.is_img2img = is_img2img
         self.version = registry.version
         self.scripts: list[Script] = []
@@ -109,6 +109,7 @@ class TabScripts:
             try:
                 script = src.cls()
                 script.filename = str(src.path) if src.path else None
+                script.engine = engine
                 script.is_img2img, script.is_txt2img = is_img2img, not is_img2img
                 script.tabname = "img2img" if is_img2img else "txt2img"
                 shown = script.show(is_img2img)
@@ -162,7 +163,7 @@ class ScriptRunner:
     def tab(self, is_img2img: bool) -> TabScripts:
         t = self._tabs.get(is_img2img)
         if t is None or t.version != self.registry.version:
-            t = self._tabs[is_img2img] = TabScripts(self.registry, is_img2img)
+            t = self._tabs[is_img2img] = TabScripts(self.registry, is_img2img, self.engine)
         return t
 
     def selectable(self, is_img2img: bool) -> list[Script]:

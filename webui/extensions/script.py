@@ -48,6 +48,7 @@ class Script:
     infotext_fields: list | None = None
     paste_field_names: list | None = None
     sorting_priority: int = 0
+    engine: Any = None                 # the studio's Engine (settings, models, jobs), set by the runner
 
     def title(self) -> str:
         """The name shown in the Script dropdown; the API's script_name matches it case-insensitively."""

@@ -7,7 +7,7 @@ from webui.extensions.runner import ScriptRegistry, ScriptRunner
 from webui.extensions.script import Script
 
 # Module names in the order their scripts appear in the Script dropdown.
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = ("xyz_grid",)
 
 
 def builtin_registry() -> ScriptRegistry:

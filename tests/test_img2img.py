@@ -127,3 +127,43 @@ def test_img2img_api(server):
     assert bad.status_code == 422 and "init_images[0]" in bad.json()["detail"]
     none = httpx.post(server + "/sdapi/v1/img2img", json={**body, "init_images": []}, timeout=60)
     assert none.status_code == 422 and "init_images" in none.json()["detail"]
+
+
+def encoded(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **({"quality": 90} if fmt != "PNG" else {}))
+    return buf.getvalue()
+
+
+def test_img2img_api_image_formats_include_init_images_and_size_limit(server):
+    from webui.engine.saving import read_infotext
+    src = picture()
+    base = {"prompt": "a green square", "steps": 3, "width": 64, "height": 64, "seed": 2,
+            "denoising_strength": 0.5, "include_init_images": True, "override_settings": CKPT}
+    for fmt, prefix in (("JPEG", "data:image/jpeg;base64,"), ("WEBP", "data:image/webp;base64,"), ("PNG", "")):
+        raw = encoded(src, fmt)
+        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300,
+                       json={**base, "init_images": [prefix + base64.b64encode(raw).decode()]})
+        assert r.status_code == 200, (fmt, r.text)
+        images = r.json()["images"]
+        assert len(images) == 2, "the generated image, then the init image"
+        back = Image.open(io.BytesIO(base64.b64decode(images[1])))
+        assert np.array_equal(arr(back), arr(Image.open(io.BytesIO(raw))))
+    # output in the format of the setting samples_format, with the infotext inside (as A1111's API)
+    assert httpx.post(server + "/sdapi/v1/options", json={"samples_format": "webp"}, timeout=60).status_code == 200
+    try:
+        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300, json={**base, "init_images": [b64(src)]})
+        out = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert out.format == "WEBP"
+        assert read_infotext(out)[0] == json.loads(r.json()["info"])["infotexts"][0]
+    finally:
+        httpx.post(server + "/sdapi/v1/options", json={"samples_format": "png"}, timeout=60)
+    # larger than twice max_image_side: a 422 naming the field, found from the header; the server keeps serving
+    small = {**base, "override_settings": {**CKPT, "max_image_side": 64}}
+    r = httpx.post(server + "/sdapi/v1/img2img", timeout=60, json={**small, "init_images": [b64(picture(136, 64))]})
+    assert r.status_code == 422 and r.json()["field"] == "init_images[0]" and "max_image_side" in r.json()["detail"]
+    r = httpx.post(server + "/sdapi/v1/img2img", timeout=60,
+                   json={**small, "init_images": [b64(src)], "mask": b64(box_mask(200, 64))})
+    assert r.status_code == 422 and r.json()["field"] == "mask"
+    r = httpx.post(server + "/sdapi/v1/img2img", timeout=300, json={**base, "init_images": [b64(src)]})
+    assert r.status_code == 200

@@ -29,8 +29,9 @@ class PngInfoRequest(BaseModel):
     image: str = ""
 
 
-def decode_image(data: str, field: str = "image") -> Image.Image:
-    """A PIL image from base64 (a data-URL prefix is accepted); InvalidField when it is not one."""
+def decode_image(data: str, field: str = "image", max_side: int | None = None) -> Image.Image:
+    """A PIL image from base64 PNG, JPEG or WebP (a data-URL prefix is accepted); InvalidField when it is not
+    one, or when a side is larger than max_side (checked from the header, before the pixels are decoded)."""
     if not isinstance(data, str) or not data.strip():
         raise InvalidField(field, "no image given (base64 PNG, JPEG or WebP expected)")
     if data.startswith("data:") and "," in data:
@@ -41,7 +42,12 @@ def decode_image(data: str, field: str = "image") -> Image.Image:
         raise InvalidField(field, "not valid base64") from None
     try:
         image = Image.open(io.BytesIO(raw))
+        if max_side is not None and max(image.size) > max_side:
+            raise InvalidField(field, f"the image is {image.width}x{image.height}, larger than {max_side} px "
+                                      f"on a side (twice the setting max_image_side)")
         image.load()
+    except Image.DecompressionBombError:
+        raise InvalidField(field, "the image has too many pixels to be decoded safely") from None
     except (UnidentifiedImageError, OSError, SyntaxError):
         raise InvalidField(field, "base64 decoded, but it is not an image (PNG, JPEG or WebP expected)") from None
     return image
@@ -74,6 +80,13 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     r = APIRouter(prefix="/sdapi/v1")
     models = engine.models
     settings = engine.settings
+
+    def encode_output(image: Image.Image, text: str | None) -> str:
+        """A generated image as base64 in the setting samples_format (PNG, JPEG or WebP) with its infotext,
+        as A1111's API sends them."""
+        fmt = str(settings.get("samples_format") or "png").lower()
+        return base64.b64encode(saving.encode_image(image, text, fmt, int(settings.get("jpeg_quality", 80))
+                                                    )).decode("ascii")
     if scripts is None:
         from webui.scripts import default_runner
         scripts = default_runner(engine)
@@ -98,7 +111,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
         req = to_request(body)
         fill_from_infotext(body, req)
         result = scripts.run(req, save=bool(req.save_images))
-        images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] \
+        images = [encode_output(im, text) for im, text in zip(result.images, result.infotexts)] \
             if req.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": result_json(result)}
 
@@ -106,21 +119,19 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     def img2img(body: Img2ImgApiRequest):
         req = to_request(body, Img2ImgRequest)
         fill_from_infotext(body, req)
-        images = [decode_image(b64, f"init_images[{i}]") for i, b64 in enumerate(req.init_images or [])]
+        try:
+            limit = 2 * int(settings.with_overrides(req.override_settings)["max_image_side"])
+        except ValueError as e:
+            raise InvalidField("override_settings", str(e)) from None
+        images = [decode_image(b64, f"init_images[{i}]", limit) for i, b64 in enumerate(req.init_images or [])]
         if not images:
             raise InvalidField("init_images", "at least one base64 image is needed")
-        mask = decode_image(req.mask, "mask") if req.mask else None
-        if mask is not None and mask.size != images[0].size:
-            mask = mask.resize(images[0].size)
-            note = f"mask resized from its own size to the image's {images[0].width}x{images[0].height}"
-        else:
-            note = None
+        mask = decode_image(req.mask, "mask", limit) if req.mask else None   # another size: the engine resizes
         result = scripts.run(req, images, mask, save=bool(req.save_images))
-        if note:
-            result.notes.append(note)
-        out = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if req.send_images else []
+        out = [encode_output(im, text) for im, text in zip(result.images, result.infotexts)] \
+            if req.send_images else []
         if req.include_init_images:
-            out += [encode_png(im, None) for im in images]
+            out += [encode_output(im, None) for im in images]
         params = body.model_dump()
         params["init_images"] = ["<omitted>"] * len(images)
         params["mask"] = "<omitted>" if req.mask else None

@@ -26,8 +26,7 @@ from webui.core.request import (
     validate,
 )
 from webui.core.styles import StyleDatabase
-from webui.engine import conditioning, noise, sampling, saving
-from webui.engine import controlnet as cn_engine
+from webui.engine import batch, conditioning, noise, sampling, saving
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
@@ -96,7 +95,6 @@ class Engine:
         self.paths = paths
         self.models = models
         self.jobs = jobs or JobQueue()
-        self.controlnet = cn_engine.ControlNetSupport(models, paths.controlnet / "annotators")
         self.styles = styles or StyleDatabase(paths.styles_file)
 
     # -- faces call these ------------------------------------------------------------------------------------
@@ -129,11 +127,16 @@ class Engine:
         if not 0.0 <= denoise <= 1.0:
             raise InvalidField("denoising_strength", "denoising_strength must be between 0 and 1")
         side = int(opts["max_image_side"])
-        for im in [*images, *([mask] if mask is not None else [])]:
+        for name, im in [*(("init_images", im) for im in images), *([("mask", mask)] if mask is not None else [])]:
             if max(im.size) > side * 2:
-                raise InvalidField("init_images", f"an input image of {im.width}x{im.height} is larger than "
-                                                  f"{side * 2} px (twice the setting max_image_side)")
-        init = InitImages([im.convert("RGB") for im in images], mask, denoise)
+                raise InvalidField(name, f"an input image of {im.width}x{im.height} is larger than "
+                                         f"{side * 2} px (twice the setting max_image_side)")
+        notes = []
+        if mask is not None and mask.size != images[0].size:
+            notes.append(f"mask resized from {mask.width}x{mask.height} to the image's "
+                         f"{images[0].width}x{images[0].height}")
+            mask = mask.resize(images[0].size)
+        init = InitImages([im.convert("RGB") for im in images], mask, denoise, notes)
         if mask is not None and init.hard_mask_empty(req):
             init.mask = None
             init.notes.append("the mask is empty: processed as plain img2img (as A1111 does)")
@@ -141,6 +144,14 @@ class Engine:
 
     def img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> GenerationResult:
         return self.submit_img2img(req, images, mask, save=save).wait()
+
+    def submit_img2img_batch(self, req: Img2ImgRequest, input_dir: str, output_dir: str = "",
+                             mask_dir: str = "") -> Job:
+        """A1111's img2img "Batch" tab: every image of a folder (with an optional masks folder) through img2img,
+        written to output_dir (or saved as usual when it is empty). The job's result is a batch.BatchResult."""
+        self.prepare(req)
+        folders = batch.check_folders(input_dir, output_dir, mask_dir)
+        return self.jobs.submit(lambda job: batch.run_batch(self, job, req, folders), "img2img batch")
 
     def run_in_job(self, job: Job, req: GenerationRequest, images: list | None = None, mask=None, *,
                    save: bool = True, hooks: JobHooks | None = None) -> GenerationResult:
@@ -175,7 +186,6 @@ class Engine:
             self.models.check_vae_choice(opts.get("sd_vae"))
         except NotFound as e:
             raise InvalidField("sd_vae", str(e)) from None
-        self.controlnet.check(req.alwayson_scripts, img2img=isinstance(req, Img2ImgRequest))   # bad units fail now
         return opts, sampler, schedule
 
     def hires_plan(self, req: GenerationRequest, opts: dict, sampler: str, schedule: str) -> HiresPlan | None:
@@ -311,7 +321,6 @@ class Engine:
         second = JobPrompts(encoder, [hr_prompt or p for p in prompts],
                             [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
         n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
-        control = self._control_passes(req, model, init, hires, seeds)
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -334,8 +343,6 @@ class Engine:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
             plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
-            if control[0] is not None:
-                plan.unet_residuals = control[0].provider()
             finish = None
             if init is not None:
                 timesteps, latents, finish = init.start(req, model, scheduler, plan, latents.to(device),
@@ -352,8 +359,7 @@ class Engine:
                 latents = sampling.sample(pipe.unet, plan, latents, timesteps)
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
-                                               second.conditioning(sl, n_chunks), sl, opts, preview_every,
-                                               control=control[1])
+                                               second.conditioning(sl, n_chunks), sl, opts, preview_every)
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -372,8 +378,6 @@ class Engine:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
                 extra["TI hashes"] = ti_hashes_infotext(encoder.used_embeddings.values())
-            if control[0] is not None:
-                extra.update(cn_engine.infotext_params(control[0].units))
             res.extra_params = {**extra, **hooks.extra_params()}
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j
@@ -397,30 +401,11 @@ class Engine:
                 res.images = [grid, *images]
                 res.infotexts = [res.infotexts[0], *res.infotexts]
                 res.index_of_first_image = 1
-        if control[0] is not None and not opts.get("control_net_no_detectmap"):
-            from PIL import Image
-            maps = [Image.fromarray(m) for u in control[0].units if u.checked.unit.save_detected_map
-                    for m in u.detected]
-            res.images, res.infotexts = [*res.images, *maps], [*res.infotexts, *[""] * len(maps)]
         job.progress.sampling_step = req.steps
         return res
 
-    def _control_passes(self, req: GenerationRequest, model: LoadedModel, init: InitImages | None,
-                        hires: HiresPlan | None, seeds: list[int]) -> tuple:
-        """The ControlNet units of the first pass and of hires fix's second pass (None when there are none)."""
-        checked = self.controlnet.check(req.alwayson_scripts, img2img=init is not None)
-        if not checked:
-            return None, None
-        kw = {"init_images": init.images if init else None, "init_mask": init.mask if init else None,
-              "seed": seeds[0] if seeds else 0}
-        first = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, req.height, req.width, **kw)
-        second = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, hires.height, hires.width,
-                                     hires=True, **kw) if hires else None
-        return first, second
-
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
-                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int,
-                    control: cn_engine.ControlPass | None = None):
+                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int):
         """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
         pipe = model.pipe
         device = model.placement.device
@@ -446,8 +431,6 @@ class Engine:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
         plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
-        if control is not None:
-            plan.unet_residuals = control.provider()
         if model.inpainting:
             # as A1111: with the full mask strength the model sees a blank picture, else the upscaled one
             weight = float(opts.get("inpainting_mask_weight", 1.0))
@@ -534,3 +517,5 @@ def _ext(fmt: object) -> str:
 
 def result_json(res: GenerationResult) -> str:
     return json.dumps(res.info(), ensure_ascii=False, default=str)
+
+

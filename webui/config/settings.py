@@ -65,6 +65,11 @@ def _defs() -> dict[str, Setting]:
                            minimum=1, maximum=100000),
         "img_max_size_mp": s(200, "Largest grid a script may make, in megapixels", "Limits", minimum=1, maximum=2000),
         "max_image_side": s(2048, "Largest width or height a request may ask for", "Limits", minimum=64, maximum=8192),
+        "control_net_unit_count": s(3, "Multi-ControlNet: ControlNet unit number (requires a restart)", "ControlNet",
+                                    minimum=1, maximum=10),
+        "control_net_model_cache_size": s(2, "ControlNet models kept loaded (cache size)", "ControlNet",
+                                          minimum=1, maximum=10),
+        "control_net_no_detectmap": s(False, "Do not append detected maps to the output", "ControlNet"),
     }
 
 

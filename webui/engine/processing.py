@@ -27,6 +27,7 @@ from webui.core.request import (
 )
 from webui.core.styles import StyleDatabase
 from webui.engine import batch, conditioning, noise, sampling, saving
+from webui.engine import controlnet as cn_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
@@ -95,6 +96,7 @@ class Engine:
         self.paths = paths
         self.models = models
         self.jobs = jobs or JobQueue()
+        self.controlnet = cn_engine.ControlNetSupport(models, paths.controlnet / "annotators")
         self.styles = styles or StyleDatabase(paths.styles_file)
 
     # -- faces call these ------------------------------------------------------------------------------------
@@ -186,6 +188,7 @@ class Engine:
             self.models.check_vae_choice(opts.get("sd_vae"))
         except NotFound as e:
             raise InvalidField("sd_vae", str(e)) from None
+        self.controlnet.check(req.alwayson_scripts, img2img=isinstance(req, Img2ImgRequest))   # bad units fail now
         return opts, sampler, schedule
 
     def hires_plan(self, req: GenerationRequest, opts: dict, sampler: str, schedule: str) -> HiresPlan | None:
@@ -321,6 +324,7 @@ class Engine:
         second = JobPrompts(encoder, [hr_prompt or p for p in prompts],
                             [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
         n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
+        control = self._control_passes(req, model, init, hires, seeds)
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -343,6 +347,8 @@ class Engine:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
             plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
+            if control[0] is not None:
+                plan.unet_residuals = control[0].provider()
             finish = None
             if init is not None:
                 timesteps, latents, finish = init.start(req, model, scheduler, plan, latents.to(device),
@@ -359,7 +365,8 @@ class Engine:
                 latents = sampling.sample(pipe.unet, plan, latents, timesteps)
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
-                                               second.conditioning(sl, n_chunks), sl, opts, preview_every)
+                                               second.conditioning(sl, n_chunks), sl, opts, preview_every,
+                                               control=control[1])
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -378,6 +385,8 @@ class Engine:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
                 extra["TI hashes"] = ti_hashes_infotext(encoder.used_embeddings.values())
+            if control[0] is not None:
+                extra.update(cn_engine.infotext_params(control[0].units))
             res.extra_params = {**extra, **hooks.extra_params()}
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j
@@ -401,11 +410,30 @@ class Engine:
                 res.images = [grid, *images]
                 res.infotexts = [res.infotexts[0], *res.infotexts]
                 res.index_of_first_image = 1
+        if control[0] is not None and not opts.get("control_net_no_detectmap"):
+            from PIL import Image
+            maps = [Image.fromarray(m) for u in control[0].units if u.checked.unit.save_detected_map
+                    for m in u.detected]
+            res.images, res.infotexts = [*res.images, *maps], [*res.infotexts, *[""] * len(maps)]
         job.progress.sampling_step = req.steps
         return res
 
+    def _control_passes(self, req: GenerationRequest, model: LoadedModel, init: InitImages | None,
+                        hires: HiresPlan | None, seeds: list[int]) -> tuple:
+        """The ControlNet units of the first pass and of hires fix's second pass (None when there are none)."""
+        checked = self.controlnet.check(req.alwayson_scripts, img2img=init is not None)
+        if not checked:
+            return None, None
+        kw = {"init_images": init.images if init else None, "init_mask": init.mask if init else None,
+              "seed": seeds[0] if seeds else 0}
+        first = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, req.height, req.width, **kw)
+        second = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, hires.height, hires.width,
+                                     hires=True, **kw) if hires else None
+        return first, second
+
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
-                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int):
+                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int,
+                    control: cn_engine.ControlPass | None = None):
         """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
         pipe = model.pipe
         device = model.placement.device
@@ -431,6 +459,8 @@ class Engine:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
         plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
+        if control is not None:
+            plan.unet_residuals = control.provider()
         if model.inpainting:
             # as A1111: with the full mask strength the model sees a blank picture, else the upscaled one
             weight = float(opts.get("inpainting_mask_weight", 1.0))
@@ -517,5 +547,3 @@ def _ext(fmt: object) -> str:
 
 def result_json(res: GenerationResult) -> str:
     return json.dumps(res.info(), ensure_ascii=False, default=str)
-
-

@@ -2,6 +2,7 @@
 through hooks (before each step, conditioning per step, after each step), not separate pipelines."""
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ class SamplingPlan:
     # Extra UNet input channels concatenated to the (scaled) latents at every step: an inpainting checkpoint's
     # mask + masked-image latents, (B, C, h, w).
     unet_concat: torch.Tensor | None = None
+    # Residuals added inside the UNet (ControlNet): called before each UNet call as
+    # f(step, steps, x, t, embeds, added_cond, cond_rows, image_rows) -> (down residuals, mid residual) or None;
+    # cond_rows says which rows of the call are conditional, image_rows which image of the batch each row is.
+    unet_residuals: Callable | None = None
     before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
 
@@ -65,15 +70,19 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
         conds, uncond = plan.conditioning(i)
         for hook in plan.before_step:
             latents = hook(i, latents)
+        residuals = None
+        if plan.unet_residuals is not None:
+            residuals = functools.partial(plan.unet_residuals, i, len(timesteps))
         out = _denoise(unet, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids, plan.per_image,
-                       plan.unet_concat)
+                       plan.unet_concat, residuals)
         latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
         for hook in plan.after_step:
             hook(i, latents)
     return latents
 
 
-def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None):
+def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None, residuals=None,
+             rows=None):
     """The guided noise prediction for the whole batch: uncond + cfg * sum_j w_j (cond_j - uncond)
     (composable diffusion when the prompt has AND parts)."""
     guided = cfg_scale > 1.0 or len(conds) > 1
@@ -86,7 +95,7 @@ def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_imag
             sub_conds = list(zip(sub[1:] if guided else sub, [w for _, w in conds]))
             parts.append(_denoise(unet, sch, latents[i:i + 1], t, sub_conds, sub[0] if guided else None,
                                   cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
-                                  None if concat is None else concat[i:i + 1]))
+                                  None if concat is None else concat[i:i + 1], residuals, [i]))
         return torch.cat(parts)
     n = len(groups)
     x = sch.scale_model_input(torch.cat([latents] * n) if n > 1 else latents, t)
@@ -97,7 +106,16 @@ def _denoise(unet, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_imag
     if groups[0].pooled is not None:
         pooled = torch.cat([g.pooled for g in groups])
         added = {"text_embeds": pooled, "time_ids": torch.cat([time_ids] * n).to(pooled.device, pooled.dtype)}
-    out = unet(x.to(unet.dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+    extra = {}
+    if residuals is not None:
+        image_rows = list(rows if rows is not None else range(b)) * n
+        cond_rows = [False] * b * (1 if guided else 0) + [True] * b * len(conds)
+        res = residuals(x, t, embeds, added, cond_rows, image_rows)
+        if res is not None:
+            extra = {"down_block_additional_residuals": [r.to(unet.dtype) for r in res[0]],
+                     "mid_block_additional_residual": res[1].to(unet.dtype)}
+    out = unet(x.to(unet.dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
+               **extra)[0]
     if not guided:
         return out
     outs = out.chunk(n)

@@ -14,6 +14,7 @@ from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core.errors import ModelLoadError, NotFound
 from webui.models import checkpoints
+from webui.models import controlnet as controlnet_lib
 from webui.models import embeddings as ti
 from webui.models import lora as lora_lib
 from webui.models import vae as vae_lib
@@ -82,6 +83,7 @@ class ModelManager:
         self.refresh()
         self.refresh_loras()
         self.refresh_vaes()
+        self.controlnets = controlnet_lib.ControlNetStore(paths.controlnet, placement, settings)
 
     # -- listing ---------------------------------------------------------------------------------------------
     def refresh(self) -> list[CheckpointInfo]:
@@ -275,7 +277,8 @@ class ModelManager:
                                "peak": stats.get("active_bytes.all.peak", 0)},
                     "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
                                   "peak": stats.get("allocated_bytes.all.peak", 0)}}
-        return {"ram": ram, "cuda": cuda, "loaded": [m.info.title for m in self._cache.values()]}
+        return {"ram": ram, "cuda": cuda, "loaded": [m.info.title for m in self._cache.values()],
+                "controlnets": self.controlnets.loaded()}
 
 
 def _free_device_memory() -> None:

@@ -7,7 +7,7 @@ from webui.extensions.runner import ScriptRegistry, ScriptRunner
 from webui.extensions.script import Script
 
 # Module names in the order their scripts appear in the Script dropdown.
-BUILTIN_MODULES: tuple[str, ...] = ("xyz_grid",)
+BUILTIN_MODULES: tuple[str, ...] = ("xyz_grid", "prompt_matrix", "prompts_from_file", "loopback", "outpainting")
 
 
 def builtin_registry() -> ScriptRegistry:

@@ -21,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements.txt"
+# Installed with --no-deps: packages whose declared dependencies would pull what must not come (spandrel declares
+# torchvision, whose PyPI build does not load next to a CPU torch and then breaks transformers' imports).
+NODEPS_REQUIREMENTS = ROOT / "requirements-nodeps.txt"
 CPU_TORCH = "torch==2.13.0"
 
 
@@ -28,9 +31,9 @@ def _venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def _requirements() -> list[tuple[str, str | None]]:
+def _requirements(path: Path = REQUIREMENTS) -> list[tuple[str, str | None]]:
     reqs = []
-    for line in REQUIREMENTS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -56,7 +59,7 @@ def _missing(checks: list[tuple[str, str | None]]) -> list[str]:
 
 def missing_requirements(python: str | Path | None = None) -> list[str]:
     """Requirements (torch included) that the interpreter lacks or has at another pinned version."""
-    checks = [("torch", None), *_requirements()]
+    checks = [("torch", None), *_requirements(), *_requirements(NODEPS_REQUIREMENTS)]
     if python is None:
         return _missing(checks)
     code = ("import json, sys; sys.path.insert(0, sys.argv[2]); import launch; "
@@ -103,6 +106,7 @@ def prepare() -> Path:
                                        capture_output=True, text=True, check=True).stdout.strip()
         constraints.write_text(f"torch=={torch_version}\n")  # keeps other packages from swapping torch
         _pip(python, "-r", str(REQUIREMENTS), "-c", str(constraints))
+        _pip(python, "--no-deps", "-r", str(NODEPS_REQUIREMENTS))
     return python
 
 

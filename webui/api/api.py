@@ -13,14 +13,21 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from webui.api.models import Img2ImgApiRequest, Txt2ImgRequest, to_request
+from webui.api.models import (
+    ExtrasBatchImagesApiRequest,
+    ExtrasSingleImageApiRequest,
+    Img2ImgApiRequest,
+    Txt2ImgRequest,
+    to_request,
+)
 from webui.core import infotext as infotext_fmt
 from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, StudioError
+from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import Img2ImgRequest, fields_from_infotext
+from webui.engine import extras as extras_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
-from webui.engine.hires import IMAGE_UPSCALERS
 from webui.engine.processing import Engine, result_json
 from webui.extensions.runner import ScriptRunner
 
@@ -242,8 +249,29 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
 
     @r.get("/upscalers")
     def upscalers():
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None,
-                 "scale": 4 if n != "None" else 1} for n in IMAGE_UPSCALERS]
+        models.refresh_upscalers()
+        builtin = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                   for n in ("None", "Lanczos", "Nearest")]
+        return builtin + [f.api_item() for f in models.upscalers]
+
+    @r.post("/extra-single-image")
+    def extra_single_image(body: ExtrasSingleImageApiRequest):
+        req = to_request(body, ExtrasSingleImage)
+        image = decode_image(req.image, "image")
+        result = extras_engine.extras(engine, req, [("", image)], save=True)
+        return {"html_info": result.html_info(),
+                "image": encode_png(result.images[0], None) if result.images and req.show_extras_results else ""}
+
+    @r.post("/extra-batch-images")
+    def extra_batch_images(body: ExtrasBatchImagesApiRequest):
+        req = to_request(body, ExtrasBatchImages)
+        if not req.imageList:
+            raise InvalidField("imageList", "at least one image is needed ({data: base64, name})")
+        images = [(item.name or "", decode_image(item.data, f"imageList[{i}].data"))
+                  for i, item in enumerate(req.imageList)]
+        result = extras_engine.extras(engine, req, images, save=True)
+        return {"html_info": result.html_info(),
+                "images": [encode_png(im, None) for im in result.images] if req.show_extras_results else []}
 
     @r.get("/sd-vae")
     def sd_vae():
@@ -303,4 +331,3 @@ def _resolvable(models, name: str) -> bool:
 def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunner | None = None) -> None:
     install_error_handlers(app)
     app.include_router(build_router(engine, cmd_flags, scripts))
-

@@ -6,6 +6,7 @@ import typing
 
 from pydantic import ConfigDict, Field, create_model
 
+from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import GenerationRequest, Img2ImgRequest
 
 
@@ -26,6 +27,14 @@ Txt2ImgRequest = create_model("StableDiffusionProcessingTxt2Img", __config__=Con
 
 Img2ImgApiRequest = create_model("StableDiffusionProcessingImg2Img", __config__=ConfigDict(extra="ignore"),
                                  **_fields_of(Img2ImgRequest))
+
+
+ExtrasSingleImageApiRequest = create_model("ExtrasSingleImageRequest", __config__=ConfigDict(extra="ignore"),
+                                          **_fields_of(ExtrasSingleImage))
+
+
+ExtrasBatchImagesApiRequest = create_model("ExtrasBatchImagesRequest", __config__=ConfigDict(extra="ignore"),
+                                          **_fields_of(ExtrasBatchImages))
 
 
 def to_request(body, cls=GenerationRequest):

@@ -32,6 +32,11 @@ class Paths:
     def styles_file(self) -> Path:
         return self.data / "styles.csv"
 
+    @property
+    def upscaler_dirs(self) -> dict[str, Path]:
+        """A1111's upscaler model folders, beside models/ESRGAN: ESRGAN, RealESRGAN, SwinIR, DAT."""
+        return {kind: self.esrgan.parent / kind for kind in ("ESRGAN", "RealESRGAN", "SwinIR", "DAT")}
+
     @classmethod
     def from_flags(cls, args) -> Paths:
         data = Path(args.data_dir).resolve() if getattr(args, "data_dir", None) else REPO_ROOT

@@ -70,6 +70,10 @@ def _defs() -> dict[str, Setting]:
         "control_net_model_cache_size": s(2, "ControlNet models kept loaded (cache size)", "ControlNet",
                                           minimum=1, maximum=10),
         "control_net_no_detectmap": s(False, "Do not append detected maps to the output", "ControlNet"),
+        "upscale_max_side": s(8192, "Largest width or height an upscale (Extras, SD upscale) may produce", "Limits",
+                              minimum=64, maximum=32768),
+        "ESRGAN_tile": s(192, "Tile size for upscaler models (0 = no tiling)", "Upscaling", minimum=0, maximum=1024),
+        "ESRGAN_tile_overlap": s(8, "Tile overlap for upscaler models, in pixels", "Upscaling", minimum=0, maximum=128),
     }
 
 

@@ -12,8 +12,10 @@ from webui.engine import sampling
 IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
 
 
-def hires_upscalers() -> list[str]:
-    return [*sampling.LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS]
+def hires_upscalers(models=None) -> list[str]:
+    """The latent modes, then "None", "Lanczos", "Nearest" and (given the model manager) the model upscalers."""
+    extra = [f.name for f in models.upscalers] if models is not None else []
+    return [*sampling.LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS, *extra]
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,9 @@ class Engine:
         if not req.enable_hr:
             return None
         upscaler = req.hr_upscaler or "Latent"
-        if upscaler not in hires_upscalers():
-            raise InvalidField("hr_upscaler", f"unknown upscaler {upscaler!r}; valid: {', '.join(hires_upscalers())}")
+        if upscaler not in hires_upscalers(self.models):
+            raise InvalidField("hr_upscaler", f"unknown upscaler {upscaler!r}; valid: "
+                                              f"{', '.join(hires_upscalers(self.models))}")
         if req.hr_resize_x or req.hr_resize_y:
             w = req.hr_resize_x or round(req.hr_resize_y * req.width / req.height)
             h = req.hr_resize_y or round(req.hr_resize_x * req.height / req.width)
@@ -442,10 +443,10 @@ class Engine:
         if hr.upscaler in sampling.LATENT_UPSCALE_MODES:
             init = sampling.upscale_latents(latents.float(), hr.upscaler, lh, lw)
         else:
-            from PIL import Image
+            from webui.engine.upscaling import upscale_to
             first, _ = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
-            method = Image.Resampling.NEAREST if hr.upscaler == "Nearest" else Image.Resampling.LANCZOS
-            big = [im.resize((hr.width, hr.height), method) for im in sampling.to_pil(first)]
+            big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts)
+                   for im in sampling.to_pil(first)]
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
         scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config))
         timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device)

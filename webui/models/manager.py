@@ -17,6 +17,7 @@ from webui.models import checkpoints
 from webui.models import controlnet as controlnet_lib
 from webui.models import embeddings as ti
 from webui.models import lora as lora_lib
+from webui.models import upscalers as upscalers_lib
 from webui.models import vae as vae_lib
 from webui.models.checkpoints import CheckpointInfo
 from webui.models.hashes import HashCache
@@ -84,6 +85,9 @@ class ModelManager:
         self.refresh_loras()
         self.refresh_vaes()
         self.controlnets = controlnet_lib.ControlNetStore(paths.controlnet, placement, settings)
+        self.upscalers: list[upscalers_lib.UpscalerFile] = []
+        self._upscaler_cache: OrderedDict[str, upscalers_lib.LoadedUpscaler] = OrderedDict()
+        self.refresh_upscalers()
 
     # -- listing ---------------------------------------------------------------------------------------------
     def refresh(self) -> list[CheckpointInfo]:
@@ -101,6 +105,50 @@ class ModelManager:
         with self._lock:
             self._vae_cache.clear()
         return self.vaes
+
+    def refresh_upscalers(self) -> list[upscalers_lib.UpscalerFile]:
+        found = upscalers_lib.scan_upscalers(self.paths.upscaler_dirs)
+        with self._lock:
+            self.upscalers = found
+            live = {(f.path, f.mtime) for f in found}
+            for name in [n for n, m in self._upscaler_cache.items() if (m.file.path, m.file.mtime) not in live]:
+                del self._upscaler_cache[name]
+        return found
+
+    def upscaler_names(self) -> list[str]:
+        """"None", "Lanczos", "Nearest", then the model upscalers' names."""
+        return upscalers_lib.names(self.upscalers)
+
+    def find_upscaler(self, name: str | None) -> upscalers_lib.UpscalerFile | None:
+        """The model file of an upscaler name (None for the built-in ones); NotFound names the valid ones."""
+        if name in upscalers_lib.BUILTIN_UPSCALERS:
+            return None
+        for files in (self.upscalers, None):   # a miss rescans the folders once (a file just dropped in)
+            files = self.refresh_upscalers() if files is None else files
+            exact = [f for f in files if f.name == name]
+            folded = [f for f in files if isinstance(name, str) and f.name.lower() == name.lower()]
+            if exact or folded:
+                return (exact or folded)[0]
+        raise NotFound(f"unknown upscaler {name!r}; valid: {', '.join(self.upscaler_names())}")
+
+    def get_upscaler(self, name: str) -> upscalers_lib.LoadedUpscaler:
+        """A model upscaler loaded through spandrel, kept loaded until another one is asked for."""
+        file = self.find_upscaler(name)
+        if file is None:
+            raise NotFound(f"{name!r} is not a model upscaler")
+        with self._lock:
+            loaded = self._upscaler_cache.get(file.name)
+            if loaded is not None and loaded.file == file:
+                self._upscaler_cache.move_to_end(file.name)
+                return loaded
+            self._upscaler_cache.clear()
+            gc.collect()
+            try:
+                loaded = upscalers_lib.load_upscaler(file, self.placement.device, self.placement.dtype)
+            except ValueError as e:
+                raise ModelLoadError(f"upscaler {e}") from None
+            self._upscaler_cache[file.name] = loaded
+        return loaded
 
     def refresh_embeddings(self) -> None:
         with self._lock:
@@ -278,7 +326,8 @@ class ModelManager:
                     "allocated": {"current": stats.get("allocated_bytes.all.current", 0),
                                   "peak": stats.get("allocated_bytes.all.peak", 0)}}
         return {"ram": ram, "cuda": cuda, "loaded": [m.info.title for m in self._cache.values()],
-                "controlnets": self.controlnets.loaded()}
+                "controlnets": self.controlnets.loaded(),
+                "upscalers": [u.title for u in self._upscaler_cache.values()]}
 
 
 def _free_device_memory() -> None:

@@ -68,7 +68,7 @@ class GenerationTab:
                 with gr.Accordion("Hires. fix", open=False, elem_id=f"{m}_hr", visible=m == "txt2img"):
                     enable_hr = gr.Checkbox(False, label="Enable", elem_id=f"{m}_enable_hr")
                     with gr.Row():
-                        hr_upscaler = gr.Dropdown(hires_upscalers(), value="Latent", label="Upscaler",
+                        hr_upscaler = gr.Dropdown(hires_upscalers(e.models), value="Latent", label="Upscaler",
                                                   elem_id=f"{m}_hr_upscaler")
                         hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                              elem_id=f"{m}_hires_steps")

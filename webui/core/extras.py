@@ -1,0 +1,60 @@
+"""The Extras (postprocessing) request: A1111's field names and API defaults, one type for the tab and the API."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EXTRAS_RESIZE_MODES = ("Scale by", "Scale to")
+
+
+@dataclass
+class ExtrasRequest:
+    """POST /sdapi/v1/extra-single-image and extra-batch-images (without the images, which the faces decode)."""
+
+    resize_mode: int = 0                    # 0 scale by upscaling_resize, 1 scale to upscaling_resize_w x _h
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0.0          # face restoration: no weights offline, so only 0 is accepted
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True             # scale to: crop the overflow (centred) to exactly w x h
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscale_first: bool = False
+
+
+@dataclass
+class FileData:
+    """An item of extra-batch-images' imageList."""
+
+    data: str = ""
+    name: str = ""
+
+
+@dataclass
+class ExtrasSingleImage(ExtrasRequest):
+    image: str = ""
+
+
+@dataclass
+class ExtrasBatchImages(ExtrasRequest):
+    imageList: list[FileData] = field(default_factory=list)  # noqa: N815 - A1111's field name
+
+
+def extras_params(req: ExtrasRequest, upscaler_1: str, upscaler_2: str | None, crop_size: tuple[int, int] | None
+                  ) -> dict[str, Any]:
+    """The "Postprocess ..." keys A1111 writes for an upscale (its postprocessing infotext)."""
+    p: dict[str, Any] = {}
+    if req.resize_mode == 1:
+        p["Postprocess upscale to"] = f"{req.upscaling_resize_w}x{req.upscaling_resize_h}"
+    else:
+        p["Postprocess upscale by"] = req.upscaling_resize
+    if crop_size is not None:
+        p["Postprocess crop to"] = f"{crop_size[0]}x{crop_size[1]}"
+    p["Postprocess upscaler"] = upscaler_1
+    if upscaler_2:
+        p["Postprocess upscaler 2"] = upscaler_2
+    return p

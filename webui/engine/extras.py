@@ -1,0 +1,178 @@
+"""The Extras job: upscale one image or many (upscaler 1, optionally blended with upscaler 2), save them to
+outputs/extras-images (or a chosen folder) and say what was done in A1111's "Postprocess ..." keys.
+
+Saved files keep the source's own PNG chunks (its "parameters" infotext stays readable by PNG Info) and add an
+"extras" chunk with the postprocessing line, as A1111 does. Files are never overwritten: a batch from a folder
+is saved as NNNNN-<original name>.png.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from webui.core import infotext as infotext_fmt
+from webui.core.errors import InvalidField
+from webui.core.extras import ExtrasRequest, extras_params
+from webui.engine import saving, upscaling
+from webui.engine.jobs import Job
+
+
+class _Stop(Exception):
+    """Raised from the tile callback when the job is interrupted."""
+
+
+@dataclass
+class ExtrasResult:
+    images: list                                     # PIL images, in input order
+    infotexts: list[str]                             # the "Postprocess ..." line of each
+    names: list[str] = field(default_factory=list)   # the source names (file names for batches)
+    saved: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def html_info(self) -> str:
+        """The API's html_info: the first image's line as HTML (A1111 shows it below the gallery)."""
+        text = self.infotexts[0] if self.infotexts else ""
+        extra = "".join(f"<p class='studio-note'>{html.escape(n)}</p>" for n in self.notes)
+        return f"<div class='infotext'><p>{html.escape(text)}</p>{extra}</div>"
+
+
+@dataclass(frozen=True)
+class ExtrasPlan:
+    upscaler_1: str
+    upscaler_2: str | None          # None when off (name "None" or visibility 0)
+    visibility: float
+
+    def sizes(self, req: ExtrasRequest, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """(the upscaled size, the crop size or None) for one source image."""
+        if req.resize_mode == 1:
+            by = max(req.upscaling_resize_w / width, req.upscaling_resize_h / height)
+            crop = (req.upscaling_resize_w, req.upscaling_resize_h) if req.upscaling_crop else None
+        else:
+            by, crop = req.upscaling_resize, None
+        return upscaling.target_size(width, height, by), crop
+
+
+def plan_extras(models, req: ExtrasRequest, images: list, max_side: int) -> ExtrasPlan:
+    """Check the request against the images before any work; InvalidField naming what is allowed."""
+    if req.resize_mode not in (0, 1):
+        raise InvalidField("resize_mode", "resize_mode must be 0 (scale by upscaling_resize) or 1 (scale to "
+                                          "upscaling_resize_w x upscaling_resize_h)")
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if float(getattr(req, name) or 0) != 0:
+            raise InvalidField(name, "face restoration (GFPGAN, CodeFormer) is not available in this studio: "
+                                     "its weights cannot be downloaded; send 0")
+    if not 0.0 <= float(req.extras_upscaler_2_visibility) <= 1.0:
+        raise InvalidField("extras_upscaler_2_visibility", "extras_upscaler_2_visibility must be between 0 and 1")
+    if req.resize_mode == 0 and not 0 < float(req.upscaling_resize) <= 8:
+        raise InvalidField("upscaling_resize", f"upscaling_resize must be above 0 and at most 8, got "
+                                               f"{req.upscaling_resize!r}")
+    if req.resize_mode == 1:
+        for name in ("upscaling_resize_w", "upscaling_resize_h"):
+            v = getattr(req, name)
+            if not isinstance(v, int) or not 1 <= v <= max_side:
+                raise InvalidField(name, f"{name} must be a whole number from 1 to {max_side} "
+                                         f"(setting upscale_max_side), got {v!r}")
+    u1 = upscaling.check_upscaler(models, req.upscaler_1, "upscaler_1")
+    u2 = upscaling.check_upscaler(models, req.upscaler_2, "upscaler_2")
+    plan = ExtrasPlan(u1, u2 if u2 != "None" and req.extras_upscaler_2_visibility > 0 else None,
+                      float(req.extras_upscaler_2_visibility))
+    if not images:
+        raise InvalidField("image", "no image given")
+    for i, im in enumerate(images):
+        (w, h), _ = plan.sizes(req, im.width, im.height)
+        if max(w, h) > max_side:
+            field_name = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
+            raise InvalidField(field_name, f"image {i + 1} ({im.width}x{im.height}) would become {w}x{h}, larger "
+                                           f"than {max_side} px (setting upscale_max_side)")
+    return plan
+
+
+def upscale_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan, opts: dict, check=None
+                ) -> tuple[Image.Image, str]:
+    """One source image upscaled as the request says, and its "Postprocess ..." line."""
+    size, crop = plan.sizes(req, image.width, image.height)
+    source = image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
+    alpha = source.getchannel("A") if source.mode == "RGBA" else None
+    rgb = source.convert("RGB")
+    out = upscaling.upscale_to(models, rgb, size, plan.upscaler_1, opts, check) \
+        if plan.upscaler_1 != "None" else rgb
+    if plan.upscaler_2 is not None:
+        second = upscaling.upscale_to(models, rgb, out.size, plan.upscaler_2, opts, check)
+        out = Image.blend(out, second, plan.visibility)
+    if alpha is not None and out.size != alpha.size:   # transparency follows the upscale (models are RGB)
+        alpha = alpha.resize(out.size, Image.Resampling.LANCZOS)
+    if alpha is not None:
+        out.putalpha(alpha)
+    if crop is not None and plan.upscaler_1 != "None" and out.size != crop:
+        left, top = (out.width - crop[0]) // 2, (out.height - crop[1]) // 2
+        out = out.crop((left, top, left + crop[0], top + crop[1]))
+    else:
+        crop = None
+    params = extras_params(req, plan.upscaler_1, plan.upscaler_2, crop)
+    return out, infotext_fmt.format_params(params)
+
+
+def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Image.Image]], plan: ExtrasPlan,
+               opts: dict, save_dir: Path | None, keep_names: bool = False) -> ExtrasResult:
+    """The job's body: each image in turn; progress counts images and model tiles; interrupt stops between
+    tiles and returns what is done."""
+    res = ExtrasResult([], [], [])
+    job.progress.job = "extras"
+    job.progress.job_count = len(images)
+
+    def check(done: int, total: int) -> None:
+        job.progress.sampling_step, job.progress.sampling_steps = done, total
+        job.progress.textinfo = f"Image {job.progress.job_no + 1}/{len(images)}: tile {done}/{total}"
+        if job.interrupted:
+            raise _Stop
+
+    for i, (name, image) in enumerate(images):
+        if job.interrupted:
+            res.interrupted = True
+            break
+        job.progress.job_no = i
+        try:
+            out, line = upscale_one(models, image, req, plan, opts, check)
+        except _Stop:
+            res.interrupted = True
+            break
+        res.images.append(out)
+        res.infotexts.append(line)
+        res.names.append(name)
+        if save_dir is not None:
+            source_text, chunks = saving.read_infotext(image)
+            keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
+            stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
+            fmt = str(opts.get("samples_format") or "png").lower()
+            res.saved.append(saving.save_image(out, save_dir, source_text, pattern=stem, fmt=fmt,
+                                               jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                               extra_info={**keep, "extras": line}))
+    job.progress.job_no = len(images)
+    if res.interrupted:
+        res.notes.append(f"interrupted: {len(res.images)} of {len(images)} images done")
+    return res
+
+
+def submit_extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image]], *, save: bool = True,
+                  output_dir: str | Path | None = None) -> Job:
+    """Check now (bad input fails before queueing), then queue the upscaling on the engine's worker.
+    ``output_dir``: save there (batch from a folder, keeping the source names) instead of extras-images."""
+    opts = engine.settings.as_dict()
+    plan = plan_extras(engine.models, req, [im for _, im in images], int(opts.get("upscale_max_side", 8192)))
+    save_dir = None
+    if output_dir:
+        save_dir = Path(output_dir).expanduser()
+    elif save:
+        save_dir = engine._outdir(opts, "outdir_extras_samples")
+    keep_names = bool(output_dir)
+    return engine.jobs.submit(lambda job: run_extras(job, engine.models, req, images, plan, opts, save_dir,
+                                                     keep_names), "extras")
+
+
+def extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image]], *, save: bool = True,
+           output_dir: str | Path | None = None) -> ExtrasResult:
+    return submit_extras(engine, req, images, save=save, output_dir=output_dir).wait()

@@ -90,3 +90,27 @@ def make_tiny_controlnet(path, family: str = "sd1", seed: int = 0, layout: str =
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
     return path
+
+
+def make_cn_data_dir(d: Path) -> Path:
+    """A studio data dir with the tiny SD1/SDXL checkpoints, tiny ControlNets in every layout (lllyasviel
+    single file, bare keys in a sub-folder, diffusers keys, a diffusers folder) and two files that are not
+    ControlNets (a LoRA, a checkpoint), plus an annotators/ folder that must not be listed."""
+    from safetensors.torch import save_file
+
+    from checkpoint_factory import make_tiny_checkpoint
+
+    models = Path(d) / "models"
+    make_tiny_checkpoint(models / "Stable-diffusion" / "tiny-sd1.safetensors", "sd1", seed=1)
+    make_tiny_checkpoint(models / "Stable-diffusion" / "tiny-sdxl.safetensors", "sdxl", seed=3)
+    cn = models / "ControlNet"
+    make_tiny_controlnet(cn / "control_tiny_canny.safetensors", "sd1", seed=11, unet_seed=1)
+    make_tiny_controlnet(cn / "sub" / "control_tiny_depth.safetensors", "sd1", seed=12, unet_seed=1, layout="bare")
+    make_tiny_controlnet(cn / "controlnet-tiny-sdxl.safetensors", "sdxl", seed=13, unet_seed=3, layout="diffusers")
+    tiny_controlnet("sd1", seed=14, unet_seed=1).save_pretrained(cn / "tiny-diffusers-folder")
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)},
+              str(cn / "a-lora.safetensors"))
+    make_tiny_checkpoint(cn / "a-checkpoint.safetensors", "sd1", seed=5)
+    (cn / "annotators").mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, str(cn / "annotators" / "not-listed.safetensors"))
+    return Path(d)

@@ -27,28 +27,9 @@ def control_image(kind: str = "square", size: int = 64) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def cn_dir(tmp_path_factory):
-    """A data dir with the tiny SD1/SDXL checkpoints, tiny ControlNets in three layouts and two wrong files."""
-    import torch
-    from controlnet_factory import make_tiny_controlnet, tiny_controlnet
-    from safetensors.torch import save_file
+    from controlnet_factory import make_cn_data_dir
 
-    from checkpoint_factory import make_tiny_checkpoint
-
-    d = tmp_path_factory.mktemp("cn-data")
-    models = d / "models"
-    make_tiny_checkpoint(models / "Stable-diffusion" / "tiny-sd1.safetensors", "sd1", seed=1)
-    make_tiny_checkpoint(models / "Stable-diffusion" / "tiny-sdxl.safetensors", "sdxl", seed=3)
-    cn = models / "ControlNet"
-    make_tiny_controlnet(cn / "control_tiny_canny.safetensors", "sd1", seed=11, unet_seed=1)
-    make_tiny_controlnet(cn / "sub" / "control_tiny_depth.safetensors", "sd1", seed=12, unet_seed=1, layout="bare")
-    make_tiny_controlnet(cn / "controlnet-tiny-sdxl.safetensors", "sdxl", seed=13, unet_seed=3, layout="diffusers")
-    tiny_controlnet("sd1", seed=14, unet_seed=1).save_pretrained(cn / "tiny-diffusers-folder")
-    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)},
-              str(cn / "a-lora.safetensors"))
-    make_tiny_checkpoint(cn / "a-checkpoint.safetensors", "sd1", seed=5)
-    (cn / "annotators").mkdir()
-    save_file({"x": torch.zeros(1)}, str(cn / "annotators" / "not-listed.safetensors"))
-    return d
+    return make_cn_data_dir(tmp_path_factory.mktemp("cn-data"))
 
 
 @pytest.fixture(scope="module")

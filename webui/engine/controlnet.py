@@ -131,7 +131,7 @@ def to_array(value, field_name: str) -> tuple[np.ndarray, np.ndarray | None]:
         value = np.asarray(value.convert("RGBA") if value.mode in ("RGBA", "LA", "P") else value.convert("RGB"))
     if not isinstance(value, np.ndarray) or value.ndim not in (2, 3) or min(value.shape[:2]) < 1:
         raise InvalidField(field_name, "not an image")
-    return pre.hwc3(value[:, :, :3] if value.ndim == 3 and value.shape[2] == 4 else value), mask
+    return pre.hwc3(value), mask
 
 
 def pixel_perfect_resolution(image: np.ndarray, target_h: int, target_w: int, resize_mode: str) -> int:

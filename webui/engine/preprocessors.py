@@ -83,7 +83,8 @@ class Context:
 
 # -------------------------------------------------------------------------------------------------- helpers
 def hwc3(image: np.ndarray) -> np.ndarray:
-    """Any uint8 image as HxWx3 (grey repeated; alpha composited over black as the extension's HWC3 does)."""
+    """Any uint8 image as HxWx3 (grey repeated; alpha composited over white, as the extension's HWC3 does, so
+    a drawing of black strokes on a transparent canvas reads as black on white)."""
     x = np.asarray(image)
     if x.dtype != np.uint8:
         x = np.clip(x, 0, 255).astype(np.uint8)
@@ -93,7 +94,7 @@ def hwc3(image: np.ndarray) -> np.ndarray:
         return np.repeat(x, 3, axis=2)
     if x.shape[2] == 4:
         alpha = x[:, :, 3:4].astype(np.float32) / 255.0
-        return (x[:, :, :3].astype(np.float32) * alpha).round().astype(np.uint8)
+        return (x[:, :, :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().clip(0, 255).astype(np.uint8)
     return np.ascontiguousarray(x[:, :, :3])
 
 

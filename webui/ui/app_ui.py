@@ -6,7 +6,7 @@ import gradio as gr
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
-from webui.ui import extra_networks, merger_tab, pnginfo_tab, settings_tab
+from webui.ui import controlnet_ui, extra_networks, merger_tab, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to
 
@@ -65,6 +65,13 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
             wire_send_to(t2i, i2i, tabs)
+            with gr.Tab("ControlNet", id="tab_controlnet", elem_id="tab_controlnet"):
+                cn_tab = controlnet_ui.build_tab(engine)
+                with gr.Row():
+                    to_t2i = gr.Button("Send the map to txt2img ControlNet unit 0", elem_id="controlnet_send_txt2img")
+                    to_i2i = gr.Button("Send the map to img2img ControlNet unit 0", elem_id="controlnet_send_img2img")
+            controlnet_ui.wire_send_map(cn_tab, t2i.controlnet, to_t2i, tabs, "tab_txt2img")
+            controlnet_ui.wire_send_map(cn_tab, i2i.controlnet, to_i2i, tabs, "tab_img2img")
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):

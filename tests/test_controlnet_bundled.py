@@ -1,0 +1,113 @@
+"""The bundled canny ControlNet through the studio's engine (units in the request, the one loop): the generated
+shape follows the control edges, weight 0 is no control exactly, stopping the control early weakens it, and
+"ControlNet is more important" follows the map more than "My prompt is more important". Figures are printed
+(run with -s); skipped until the bundled model and its ControlNet are in models/."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shape_checker as sc
+from webui.core.request import GenerationRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "shapes-tiny-v1.safetensors"
+CONTROLNET = ROOT / "models" / "ControlNet" / "control_shapes-tiny-v1_canny.safetensors"
+pytestmark = pytest.mark.skipif(not (CHECKPOINT.exists() and CONTROLNET.exists()),
+                                reason="the bundled model and its canny ControlNet are not in models/ yet")
+CASES = 5
+
+
+def _shapes_dataset():
+    if "shapes_dataset" in sys.modules:
+        return sys.modules["shapes_dataset"]
+    spec = importlib.util.spec_from_file_location("shapes_dataset", ROOT / "tools" / "shapes_dataset.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["shapes_dataset"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def control_case(k: int):
+    """(prompt, control image, target edges): a large shape off its usual anchor, drawn and canny-mapped."""
+    ds = _shapes_dataset()
+    shape, colour = ds.SHAPES[k % 4], ds.COLOUR_NAMES[(k + 2) % 8]
+    background = ds.COLOUR_NAMES[(3 * k + 5) % 8]
+    if background == colour:
+        background = ds.COLOUR_NAMES[(3 * k + 6) % 8]
+    position = ds.POSITIONS[(k + 1) % 5]
+    ax, ay = ds.ANCHORS[position]
+    spec = ds.ShapeSpec(shape, colour, "large", position, ax - 4, ay + 3, ds.RADIUS["large"], ds.COLOURS[colour])
+    drawn = ds.render(ds.COLOURS[background], [spec])
+    edges = ds.canny_map(drawn)
+    return ds.canonical_caption(shape, colour, None, None, background), Image.fromarray(drawn), edges[:, :, 0] > 0
+
+
+@pytest.fixture(scope="module")
+def bundled_engine(tmp_path_factory):
+    from app import build_engine
+    from webui.config.flags import parse_args
+
+    data = tmp_path_factory.mktemp("bundled-cn")
+    (data / "models" / "ControlNet").mkdir(parents=True)
+    (data / "models" / "ControlNet" / CONTROLNET.name).symlink_to(CONTROLNET)
+    return build_engine(parse_args(["--data-dir", str(data)]))
+
+
+def generate(engine, prompt: str, seed: int, units: list | None) -> np.ndarray:
+    req = GenerationRequest(prompt=prompt, steps=20, width=128, height=128, cfg_scale=7.0, sampler_name="Euler a",
+                            seed=seed, override_settings={"sd_model_checkpoint": CHECKPOINT.name},
+                            alwayson_scripts={"controlnet": {"args": units}} if units else {})
+    return np.asarray(engine.txt2img(req, save=False).images[0])
+
+
+def unit(image, **kw) -> dict:
+    return {"enabled": True, "module": "canny", "model": CONTROLNET.stem, "image": image,
+            "threshold_a": 100, "threshold_b": 200, "resize_mode": "Just Resize", **kw}
+
+
+@pytest.fixture(scope="module")
+def measured(bundled_engine):
+    """Edge IoU with the control map, per case, for each way of running the unit (and the images of two)."""
+    out: dict[str, list] = {k: [] for k in ("none", "full", "zero", "early_stop", "prompt", "control")}
+    same = []
+    for k in range(CASES):
+        prompt, image, target = control_case(k)
+        seed = 900 + k
+        runs = {"none": None, "full": [unit(image)], "zero": [unit(image, weight=0.0)],
+                "early_stop": [unit(image, guidance_end=0.2)],
+                "prompt": [unit(image, control_mode="My prompt is more important")],
+                "control": [unit(image, control_mode="ControlNet is more important")]}
+        images = {name: generate(bundled_engine, prompt, seed, u) for name, u in runs.items()}
+        same.append(np.array_equal(images["none"], images["zero"]))
+        for name, img in images.items():
+            out[name].append(sc.edge_iou(sc.edge_map(img), target))
+    means = {k: float(np.mean(v)) for k, v in out.items()}
+    print("\n[bundled ControlNet] mean edge IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
+    return means, same
+
+
+def test_generated_shape_follows_the_control_edges(measured):
+    means, _ = measured
+    assert means["full"] >= 0.5
+    assert means["full"] >= 3 * means["none"]
+
+
+def test_weight_zero_equals_no_control(measured):
+    _, same = measured
+    assert all(same)
+
+
+def test_stopping_early_weakens_control(measured):
+    means, _ = measured
+    assert means["early_stop"] < means["full"] - 0.05
+
+
+def test_controlnet_more_important_follows_the_map_more(measured):
+    means, _ = measured
+    assert means["control"] > means["prompt"]

@@ -72,6 +72,11 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
                     to_i2i = gr.Button("Send the map to img2img ControlNet unit 0", elem_id="controlnet_send_img2img")
             controlnet_ui.wire_send_map(cn_tab, t2i.controlnet, to_t2i, tabs, "tab_txt2img")
             controlnet_ui.wire_send_map(cn_tab, i2i.controlnet, to_i2i, tabs, "tab_img2img")
+            from webui.ui import script_tabs
+            with gr.Tab("X/Y/Z plot", id="tab_xyz_plot", elem_id="tab_xyz_plot"):
+                script_tabs.build(scripts, "X/Y/Z plot", "xyz_plot")
+            with gr.Tab("Prompt matrix", id="tab_prompt_matrix", elem_id="tab_prompt_matrix"):
+                script_tabs.build(scripts, "Prompt matrix", "prompt_matrix")
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):

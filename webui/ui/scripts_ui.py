@@ -32,12 +32,10 @@ class ScriptsUI:
         self._slices.append((script, start, len(self.inputs)))
         return controls
 
-    def build(self, fixed: str | None = None) -> None:
+    def build(self, fixed: Script | None = None) -> None:
         """The dropdown and the scripts' groups; ``fixed``: only that script, always shown (its own tab)."""
-        self.selectable = self.runner.selectable(self.is_img2img)
+        self.selectable = [fixed] if fixed else self.runner.selectable(self.is_img2img)
         self.alwayson = [] if fixed else self.runner.alwayson(self.is_img2img)
-        if fixed:
-            self.selectable = [s for s in self.selectable if s.name == fixed.lower()]
         titles = [s.title() for s in self.selectable]
         self.dropdown = gr.Dropdown([NONE, *titles], value=titles[0] if fixed else NONE, label="Script",
                                     elem_id="script_list", visible=not fixed)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from webui.api.controlnet_api import build_controlnet_router
 from webui.api.models import (
     ExtrasBatchImagesApiRequest,
     ExtrasSingleImageApiRequest,
@@ -330,4 +331,5 @@ def _resolvable(models, name: str) -> bool:
 
 def mount_api(app: FastAPI, engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunner | None = None) -> None:
     install_error_handlers(app)
+    app.include_router(build_controlnet_router(engine))
     app.include_router(build_router(engine, cmd_flags, scripts))

@@ -14,6 +14,7 @@ from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
 from webui.ui import styles_ui
 from webui.ui.common import error_html, info_html, progress_html
+from webui.ui.controlnet_ui import ControlNetSection
 from webui.ui.scripts_ui import ScriptsUI
 
 
@@ -25,6 +26,7 @@ class GenerationTab:
         self.mode = mode
         self.scripts = scripts
         self.scripts_ui: ScriptsUI | None = None
+        self.controlnet: ControlNetSection | None = None
         self.fields: dict[str, gr.components.Component] = {}
         self.init_inputs: list = []
 
@@ -84,6 +86,8 @@ class GenerationTab:
                     seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{m}_seed")
                     random_seed = gr.Button("🎲", elem_id=f"{m}_random_seed", size="sm", min_width=40)
                     reuse_seed = gr.Button("♻️", elem_id=f"{m}_reuse_seed", size="sm", min_width=40)
+                self.controlnet = ControlNetSection(e, m)
+                self.controlnet.build()
                 if self.scripts is not None:
                     self.scripts_ui = ScriptsUI(self.scripts, m == "img2img")
                     self.scripts_ui.build()
@@ -112,7 +116,8 @@ class GenerationTab:
         if m == "img2img":
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
-        inputs = list(self.fields.values()) + self.init_inputs
+        cn_inputs = self.controlnet.inputs if self.controlnet else []
+        inputs = list(self.fields.values()) + self.init_inputs + cn_inputs
         script_inputs = self.scripts_ui.inputs if self.scripts_ui else []
         inputs += script_inputs
 
@@ -120,6 +125,8 @@ class GenerationTab:
             kw = dict(zip(self.fields, values))
             init_values = values[len(self.fields):len(self.fields) + len(self.init_inputs)]
             script_values = values[len(values) - len(script_inputs):] if script_inputs else ()
+            cn_start = len(self.fields) + len(self.init_inputs)
+            cn_values = values[cn_start:cn_start + len(cn_inputs)]
             try:
                 cls = Img2ImgRequest if m == "img2img" else GenerationRequest
                 extra = {k: int(kw[k]) for k in self.i2i_fields} if m == "img2img" else {}
@@ -138,6 +145,9 @@ class GenerationTab:
                 if self.scripts_ui is not None:
                     for key, value in self.scripts_ui.request_fields(script_values).items():
                         setattr(req, key, value)
+                if self.controlnet is not None:
+                    req.alwayson_scripts = {**(req.alwayson_scripts or {}),
+                                            "controlnet": {"args": self.controlnet.units_for_request(list(cn_values))}}
                 if m == "img2img":
                     images, mask = init_from_editors(*init_values)
                     job = (self.scripts.submit(req, images, mask, save=save) if self.scripts is not None

@@ -2,44 +2,86 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
 
 from fastapi import FastAPI
 
+from webui.api import extensions_routes
 from webui.api.api import mount_api
 from webui.api.auth import BasicAuthMiddleware
-from webui.config.flags import parse_args, parse_credentials
+from webui.config.flags import build_parser, parse_args, parse_credentials
 from webui.config.paths import Paths
 from webui.config.settings import Settings
+from webui.core.errors import BadRequest
+from webui.engine.events import EngineEvents
 from webui.engine.processing import Engine
+from webui.extensions.loader import Extensions
+from webui.extensions.runtime import ExtensionRuntime
 from webui.models.manager import ModelManager, Placement
 from webui.scripts import default_runner
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+def build_engine(args: argparse.Namespace, events: EngineEvents | None = None) -> Engine:
     paths = Paths.from_flags(args)
     settings = Settings(paths.config_file)
     placement = Placement.from_flags(args.device, args.precision, args.no_half_vae, args.medvram, args.lowvram)
     models = ModelManager(paths, settings, placement)
-    return Engine(settings, paths, models)
+    return Engine(settings, paths, models, events=events)
 
 
-def create_app(args: argparse.Namespace, engine: Engine | None = None):
+def discover_extensions(args: argparse.Namespace) -> Extensions:
+    """The extensions/ folder of the data dir, enabled as config.json says."""
+    paths = Paths.from_flags(args)
+    return Extensions.from_config(paths.extensions, paths.config_file,
+                                  bool(getattr(args, "disable_all_extensions", False)))
+
+
+def create_app(args: argparse.Namespace, engine: Engine | None = None, extensions: Extensions | None = None):
     """The ASGI app (API + UI behind the auth middleware) and its engine."""
     engine = engine or build_engine(args)
+    extensions = extensions if extensions is not None else discover_extensions(args)
     app = FastAPI(title="Studio API", docs_url="/docs", redoc_url=None)
     flags = {k: v for k, v in vars(args).items()}
     scripts = default_runner(engine)   # built-in scripts; extensions' scripts join this registry
+    runtime = ExtensionRuntime.start(engine, scripts.registry, extensions, args, lambda: schedule_restart(engine))
     mount_api(app, engine, flags, scripts)
+    app.include_router(extensions_routes.build_router(extensions))
+    demo = None
     if not args.nowebui:
         import gradio as gr
 
         from webui.ui.app_ui import build_ui
-        gr.mount_gradio_app(app, build_ui(engine, scripts), path="/", footer_links=["api"])
+        demo = build_ui(engine, scripts, runtime)
+        gr.mount_gradio_app(app, demo, path="/", footer_links=["api"], head=extensions.head_html() or None,
+                            css=extensions.css() or None)
+    runtime.app_started(demo, app)
+    _mounts_last(app)
     wrapped = BasicAuthMiddleware(app, parse_credentials(args.api_auth), parse_credentials(args.gradio_auth))
     return wrapped, engine
+
+
+def _mounts_last(app: FastAPI) -> None:
+    """Routes extensions add in on_app_started go before the UI mounted at "/", which matches every path."""
+    from starlette.routing import Mount
+    mounts = [r for r in app.router.routes if isinstance(r, Mount) and r.path in ("", "/")]
+    app.router.routes[:] = [r for r in app.router.routes if r not in mounts] + mounts
+
+
+def schedule_restart(engine: Engine) -> str:
+    """Restart the whole studio process in a second (extensions are loaded at start-up only)."""
+    if engine.jobs.current is not None or engine.jobs.pending():
+        raise BadRequest("a job is running: restart when it has finished")
+    threading.Timer(1.0, _restart_process).start()
+    return "Restarting the studio; the page reloads when it is back."
+
+
+def _restart_process() -> None:
+    print("Restarting the studio ...", flush=True)
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.argv])   # same flags; the sockets close on exec
 
 
 def _share(host: str, port: int) -> str | None:
@@ -59,9 +101,14 @@ def _share(host: str, port: int) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    args = parse_args(argv)
     started = time.perf_counter()
-    asgi, engine = create_app(args)
+    extensions = discover_extensions(parse_args(argv))   # where the data dir is, before extensions add flags
+    parser = build_parser()
+    extensions.run_preloads(parser)
+    args = parse_args(argv, parser)
+    if not args.skip_install:
+        extensions.run_installers()
+    asgi, engine = create_app(args, extensions=extensions)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     config = uvicorn.Config(asgi, host=host, port=args.port, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)

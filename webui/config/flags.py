@@ -31,13 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--skip-torch-cuda-test", action="store_true", help="accepted for compatibility")
     a("--xformers", action="store_true", help="accepted for compatibility; torch SDPA is always used")
     a("--opt-sdp-attention", action="store_true", help="accepted for compatibility; the default")
-    a("--enable-insecure-extension-access", action="store_true")
+    a("--enable-insecure-extension-access", action="store_true",
+      help="allow installing and switching extensions from the UI even with --listen / --share")
+    a("--disable-all-extensions", action="store_true", help="load no extension (to recover from a broken one)")
     a("--test", action="store_true", help="run the test suite instead of the studio")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args, _unknown = build_parser().parse_known_args(argv)
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The flags (unknown ones ignored); ``parser``: one extensions' preload.py added flags to."""
+    args, _unknown = (parser or build_parser()).parse_known_args(argv)
     if args.no_half:
         args.precision = "full"
     return args

@@ -29,6 +29,7 @@ from webui.core.styles import StyleDatabase
 from webui.engine import batch, conditioning, noise, sampling, saving
 from webui.engine import controlnet as cn_engine
 from webui.engine import samplers as engine_samplers
+from webui.engine.events import EngineEvents, ImageSaveParams
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
 from webui.engine.img2img import InitImages, inpaint_conditioning
@@ -91,13 +92,14 @@ class GenerationResult:
 
 class Engine:
     def __init__(self, settings: Settings, paths: Paths, models: ModelManager, jobs: JobQueue | None = None,
-                 styles: StyleDatabase | None = None):
+                 styles: StyleDatabase | None = None, events: EngineEvents | None = None):
         self.settings = settings
         self.paths = paths
         self.models = models
         self.jobs = jobs or JobQueue()
         self.controlnet = cn_engine.ControlNetSupport(models, paths.controlnet / "annotators")
         self.styles = styles or StyleDatabase(paths.styles_file)
+        self.events = events or EngineEvents()   # extensions' callbacks (image saved, cfg denoiser)
 
     # -- faces call these ------------------------------------------------------------------------------------
     def submit_txt2img(self, req: GenerationRequest, *, save: bool = True) -> Job:
@@ -348,6 +350,7 @@ class Engine:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
             plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
+            plan.on_cfg_denoiser = self.events.cfg_denoiser
             if control[0] is not None:
                 plan.unet_residuals = control[0].provider()
             finish = None
@@ -460,6 +463,7 @@ class Engine:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
         plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
+        plan.on_cfg_denoiser = self.events.cfg_denoiser
         if control is not None:
             plan.unet_residuals = control.provider()
         if model.inpainting:
@@ -526,9 +530,17 @@ class Engine:
         tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale, "styles": req.styles,
                   "sampler": req.sampler_name, "model_name": model.info.model_name,
                   "model_hash": model.info.shorthash, "width": req.width, "height": req.height}
-        return saving.save_image(image, self._outdir(opts, folder_key), text, tokens=tokens,
+        folder = self._outdir(opts, folder_key)
+        params = ImageSaveParams(image, req, str(folder), {"parameters": text})
+        for listener in self.events.before_image_saved:
+            listener(params)
+        path = saving.save_image(params.image, folder, params.pnginfo.get("parameters"), tokens=tokens,
                                  pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
                                  fmt=_ext(opts.get("samples_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
+        params.filename = str(path)
+        for listener in self.events.image_saved:
+            listener(params)
+        return path
 
 
 def job_seeds(req: GenerationRequest, total: int) -> tuple[list[int], list[int]]:

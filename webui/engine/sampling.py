@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from webui.engine.conditioning import Cond
+from webui.engine.events import CFGDenoiserParams
 
 
 class StopSampling(Exception):
@@ -40,6 +41,8 @@ class SamplingPlan:
     unet_residuals: Callable | None = None
     before_step: list[Callable[[int, torch.Tensor], torch.Tensor]] = field(default_factory=list)
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
+    # Extensions' on_cfg_denoiser: see the latents and conditioning of each step before the UNet, may replace them.
+    on_cfg_denoiser: list[Callable[[CFGDenoiserParams], None]] = field(default_factory=list)
 
 
 def fixed(cond: Cond, uncond: Cond) -> Callable[[int], Conditioning]:
@@ -70,6 +73,11 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
         conds, uncond = plan.conditioning(i)
         for hook in plan.before_step:
             latents = hook(i, latents)
+        if plan.on_cfg_denoiser:
+            params = CFGDenoiserParams(latents, plan.unet_concat, t, i, len(timesteps), conds, uncond)
+            for listener in plan.on_cfg_denoiser:
+                listener(params)
+            latents, conds, uncond = params.x, params.text_cond, params.text_uncond
         residuals = None
         if plan.unet_residuals is not None:
             residuals = functools.partial(plan.unet_residuals, i, len(timesteps))

@@ -39,10 +39,27 @@ Over the API: ``script_name`` + ``script_args`` (positional args of run()), and
 ``alwayson_scripts: {"<title>": {"args": [...]}}``. Raise ``InvalidField`` (webui.core.errors, re-exported here)
 for bad arguments: the API answers 422 with that message and nothing is generated.
 A loader registers classes with ``ScriptRegistry.register(cls)`` or ``ScriptRegistry.load_file(path)``.
+
+Extensions (extensions/NAME/scripts/*.py) also find here A1111's callbacks (webui/extensions/callbacks.py):
+on_app_started, on_model_loaded, on_ui_tabs, on_ui_settings (with OptionInfo), on_before_image_saved,
+on_image_saved (ImageSaveParams), on_cfg_denoiser (CFGDenoiserParams), and basedir(). docs/extensions.md is the
+tutorial.
 """
 from __future__ import annotations
 
 from webui.core.errors import BadRequest, InvalidField, StudioError
+from webui.engine.events import CFGDenoiserParams, ImageSaveParams
+from webui.extensions.callbacks import (
+    OptionInfo,
+    basedir,
+    on_app_started,
+    on_before_image_saved,
+    on_cfg_denoiser,
+    on_image_saved,
+    on_model_loaded,
+    on_ui_settings,
+    on_ui_tabs,
+)
 from webui.extensions.processing import (
     Processed,
     StableDiffusionProcessing,
@@ -56,6 +73,8 @@ from webui.extensions.runner import ScriptRegistry, ScriptRunner
 from webui.extensions.script import AlwaysVisible, PostprocessImageArgs, Script
 
 __all__ = [
+    "CFGDenoiserParams", "ImageSaveParams", "OptionInfo", "basedir", "on_app_started", "on_before_image_saved",
+    "on_cfg_denoiser", "on_image_saved", "on_model_loaded", "on_ui_settings", "on_ui_tabs",
     "AlwaysVisible", "BadRequest", "InvalidField", "PostprocessImageArgs", "Processed", "Script",
     "ScriptRegistry", "ScriptRunner", "StableDiffusionProcessing", "StableDiffusionProcessingImg2Img",
     "StableDiffusionProcessingTxt2Img", "StudioError", "fix_seed", "process_images", "save_grid",

@@ -6,7 +6,8 @@ import gradio as gr
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
-from webui.ui import controlnet_ui, extra_networks, merger_tab, pnginfo_tab, settings_tab
+from webui.extensions.runtime import ExtensionRuntime
+from webui.ui import controlnet_ui, extensions_tab, extra_networks, merger_tab, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to
 
@@ -49,10 +50,12 @@ def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
     return ckpt
 
 
-def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
+def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
+             extensions: ExtensionRuntime | None = None) -> gr.Blocks:
     if scripts is None:
         from webui.scripts import default_runner
         scripts = default_runner(engine)
+    ext_tabs = extensions.ui_tabs() if extensions else []   # their Blocks are made outside the page's
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
         ckpt = _checkpoint_bar(engine)
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -81,7 +84,14 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None) -> gr.Blocks:
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):
                 merger_tab.build(engine, ckpt)
+            for tab in ext_tabs:
+                with gr.Tab(tab.title, id=tab.elem_id, elem_id=f"tab_{tab.elem_id}"):
+                    extensions.render_tab(tab)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):
                 settings_tab.build(engine.settings, {"sd_vae": engine.models.vae_names})
+            if extensions is not None:
+                with gr.Tab("Extensions", id="tab_extensions", elem_id="tab_extensions"):
+                    extensions_tab.build(extensions.extensions, engine.settings, extensions.flags,
+                                         extensions.restart)
     demo.queue(default_concurrency_limit=None)
     return demo

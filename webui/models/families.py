@@ -135,11 +135,13 @@ def unet_config(fam: Family, sd: dict, template: dict, pooled_dim: int | None = 
 
 def vae_config(sd: dict, template: dict) -> dict:
     p = next(pre for pre in ("first_stage_model.", "vae.", "") if pre + "encoder.conv_in.weight" in sd)
-    levels = _count(sd, rf"{re.escape(p)}encoder\.down\.(\d+)\.")
-    channels = [sd[f"{p}encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)]
+    # read from the decoder: every decoder level has layers_per_block + 1 resnets, while an encoder level may have
+    # none (layers_per_block 0, as the bundled model's VAE)
+    levels = _count(sd, rf"{re.escape(p)}decoder\.up\.(\d+)\.")
+    channels = [sd[f"{p}decoder.up.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)]
     cfg = dict(template)
     cfg["block_out_channels"] = channels
-    cfg["layers_per_block"] = _count(sd, rf"{re.escape(p)}encoder\.down\.0\.block\.(\d+)\.")
+    cfg["layers_per_block"] = _count(sd, rf"{re.escape(p)}decoder\.up\.0\.block\.(\d+)\.") - 1
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * levels
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * levels
     cfg["latent_channels"] = sd[f"{p}post_quant_conv.weight"].shape[0]

@@ -139,3 +139,13 @@ def test_alwayson_hooks_order_infotext_and_image(engine):
     assert np.array_equal(got, 255 - want)
     assert infotext.parse_infotext(res.infotexts[-1])["Recorder"] == "hi"
     assert any("Broken" in n and "boom" in n for n in res.notes)   # reported, the job carried on
+
+
+def test_styles_apply_to_script_runs_as_to_plain_ones(engine, runner):
+    from webui.core.styles import PromptStyle
+    engine.styles.save_style(PromptStyle("scripts-test-style", "{prompt}, oil painting", "blurry"))
+    res = runner.run(req(styles=["scripts-test-style"], script_name="two seeds", script_args=[1]), save=False)
+    plain = engine.txt2img(req(styles=["scripts-test-style"], seed=12), save=False)
+    p = infotext.parse_infotext(res.infotexts[1])
+    assert p["Prompt"] == "a red circle, oil painting" and p["Negative prompt"] == "blurry"
+    assert np.array_equal(np.asarray(res.images[1]), np.asarray(plain.images[0]))

@@ -23,8 +23,9 @@ from webui.engine.hooks import JobHooks
 from webui.engine.processing import Engine, GenerationResult, job_seeds
 from webui.extensions.script import PostprocessImageArgs
 
-# Request fields a run of p must not carry on: the script itself and the always-on args are handled here.
-_SCRIPT_FIELDS = ("script_name", "script_args", "alwayson_scripts")
+# alwayson_scripts names the engine itself serves (features that ride that field in A1111's API, e.g. the
+# ControlNet extension's units): not Script classes; they travel on with every run of p.
+ENGINE_ALWAYSON = frozenset({"controlnet"})
 
 
 @dataclass
@@ -124,6 +125,13 @@ class StableDiffusionProcessing:
         if self.all_negative_prompts is None:
             neg = self.negative_prompt
             self.all_negative_prompts = list(neg) if isinstance(neg, list) else [neg] * len(self.all_prompts)
+            styles = getattr(self.engine, "styles", None)
+            if self.styles and styles is not None and len(self.all_negative_prompts) == len(self.all_prompts):
+                # the request's styles apply to every prompt of the job, as the engine (and A1111) do
+                pairs = [styles.apply(pr, ng, self.styles) for pr, ng in zip(self.all_prompts,
+                                                                            self.all_negative_prompts)]
+                self.all_prompts = [pr for pr, _ in pairs]
+                self.all_negative_prompts = [ng for _, ng in pairs]
         if self.all_seeds is None or self.all_subseeds is None:
             req = self.to_request()
             req.seed, req.subseed = self._first(self.seed), self._first(self.subseed)
@@ -149,7 +157,9 @@ class StableDiffusionProcessing:
             if f.name in ("prompt", "negative_prompt", "seed", "subseed"):
                 value = self._first(value)
             data[f.name] = copy.copy(value) if isinstance(value, (dict, list)) else value
-        data["script_name"], data["script_args"], data["alwayson_scripts"] = None, [], {}
+        engine_side = {k: v for k, v in (data["alwayson_scripts"] or {}).items()
+                       if str(k).strip().lower() in ENGINE_ALWAYSON}
+        data["script_name"], data["script_args"], data["alwayson_scripts"] = None, [], engine_side
         if self.is_img2img:
             data["init_images"], data["mask"] = [], None     # the PIL images travel beside the request
         return self.request_type(**data)

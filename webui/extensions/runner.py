@@ -20,12 +20,9 @@ from webui.core.errors import InvalidField
 from webui.core.request import GenerationRequest, Img2ImgRequest
 from webui.engine.jobs import Job
 from webui.engine.processing import Engine, GenerationResult
-from webui.extensions.processing import RunContext, ScriptRun, process_images, processing_for
+from webui.extensions.processing import ENGINE_ALWAYSON, RunContext, ScriptRun, process_images, processing_for
 from webui.extensions.script import AlwaysVisible, Script
 
-# alwayson_scripts names the engine itself serves (features that ride that field in A1111's API, e.g. the
-# ControlNet extension's units): not Script classes, so not an error when no script has that title.
-ENGINE_ALWAYSON = frozenset({"controlnet"})
 _HOOKS = ("process", "before_process", "process_batch", "postprocess_image", "postprocess", "setup",
           "before_process_batch")
 _MISSING = inspect.Parameter.empty

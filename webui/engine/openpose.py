@@ -192,10 +192,9 @@ class PoseDetector:
     @staticmethod
     def available() -> str | None:
         """None when mediapipe can run here, else the reason."""
-        try:
-            import mediapipe  # noqa: F401
-        except ImportError as e:
-            return f"mediapipe is not installed ({e}); pip install mediapipe==0.10.14 (see requirements.txt)"
+        import importlib.util
+        if importlib.util.find_spec("mediapipe") is None:   # no import: mediapipe takes seconds to import
+            return "mediapipe is not installed; pip install --no-deps mediapipe==0.10.14 (requirements-nodeps.txt)"
         return None
 
     def _get(self, name: str):

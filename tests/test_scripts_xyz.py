@@ -195,3 +195,22 @@ def test_api_script_name_and_listings(server):
     r = httpx.post(server + "/sdapi/v1/txt2img", json={**body, "script_args": ["Checkpoint name", "ghost"]},
                    timeout=60)
     assert r.status_code == 422 and "unknown checkpoint 'ghost'" in r.json()["detail"]
+
+
+def test_size_clip_skip_and_img2img_denoising_axes(engine, runner):
+    args = xyz_args("Size", "64x64, 64x96", "Clip skip", "1, 2")
+    res = runner.run(req(steps=1, script_name=XYZ, script_args=args), save=False)
+    got = [infotext.parse_infotext(t) for t in res.infotexts[1:]]
+    assert [g["Size"] for g in got] == ["64x64", "64x96"] * 2
+    assert [g.get("Clip skip", "1") for g in got] == ["1", "1", "2", "2"]
+    assert res.images[2].size == (64, 96)
+    from webui.core.request import Img2ImgRequest
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    i2i = Img2ImgRequest(prompt="a circle", steps=4, width=64, height=64, seed=3, override_settings=dict(CKPT),
+                         script_name=XYZ, script_args=xyz_args("Denoising", "0.3, 0.9"))
+    res = runner.run(i2i, [init], save=False)
+    for strength, cell in zip((0.3, 0.9), res.images[1:]):
+        single = engine.img2img(Img2ImgRequest(prompt="a circle", steps=4, width=64, height=64, seed=3,
+                                               denoising_strength=strength, override_settings=dict(CKPT)),
+                                [init], save=False).images[0]
+        assert np.array_equal(arr(cell), arr(single))

@@ -80,16 +80,16 @@ def ref_image(net, im: Image.Image) -> Image.Image:
 
 
 def test_tiled_equals_untiled_within_tolerance(engine, nets):
-    src = Image.fromarray((np.random.default_rng(0).random((45, 61, 3)) * 255).astype(np.uint8))
+    src = Image.fromarray((np.random.default_rng(0).random((32, 40, 3)) * 255).astype(np.uint8))
     whole = upscaling.upscale(engine.models, src, 2, "2x-tiny-old", {"ESRGAN_tile": 0})
-    tiled = upscaling.upscale(engine.models, src, 2, "2x-tiny-old", {"ESRGAN_tile": 24, "ESRGAN_tile_overlap": 8})
-    assert whole.size == tiled.size == (122, 90)
+    seen = []
+    tiled = upscaling.upscale(engine.models, src, 2, "2x-tiny-old", {"ESRGAN_tile": 20, "ESRGAN_tile_overlap": 8},
+                              lambda done, total: seen.append((done, total)))
+    assert whole.size == tiled.size == (80, 64)
     diff = np.abs(arr(whole) - arr(tiled))
     assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
-    # the tiles really are smaller than the image: 12 of them, and progress is reported per tile
-    seen = []
-    up_lib.upscale_once(engine.models.get_upscaler("2x-tiny-old"), src, 24, 8, lambda d, t: seen.append((d, t)))
-    assert seen[-1] == (12, 12)
+    # the tiles really are smaller than the image: 3 x 2 of them, progress reported per tile
+    assert seen[-1] == (6, 6)
 
 
 def test_tile_starts_cover_with_overlap():
@@ -197,6 +197,17 @@ def test_extras_batch_from_folder_saves_with_names_never_overwriting(engine, net
         assert "Postprocess upscaler: 2x-tiny-old" in saved.text["extras"]
 
 
+def test_extras_folder_items_are_opened_in_turn_and_bad_files_skipped(engine, tmp_path):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    picture().save(good)
+    bad.write_bytes(b"not a png at all")
+    items = [("good.png", good), ("bad.png", bad), ("again.png", good)]
+    res = extras_engine.extras(engine, ExtrasRequest(upscaling_resize=2, upscaler_1="Nearest"), items,
+                               output_dir=tmp_path / "out", show_limit=1)
+    assert res.processed == 2 and len(res.images) == 1 and res.images[0].size == (80, 64)
+    assert len(res.saved) == 2 and any("bad.png: skipped" in n for n in res.notes)
+
+
 def test_extras_keeps_the_source_parameters_chunk(engine, tmp_path):
     src = picture()
     info = PngImagePlugin.PngInfo()
@@ -236,8 +247,8 @@ def test_extras_bad_input(engine, kw, field, words):
 # -- hires fix with a model upscaler ---------------------------------------------------------------------------
 def test_hires_fix_offers_and_uses_model_upscalers(engine, nets):
     assert "2x-tiny-old" in hires_upscalers(engine.models)
-    base = dict(prompt="a red circle", steps=4, width=64, height=64, seed=5, override_settings=CKPT,
-                enable_hr=True, hr_scale=2, denoising_strength=0.3)
+    base = dict(prompt="a red circle", steps=3, width=64, height=64, seed=5, override_settings=CKPT,
+                enable_hr=True, hr_scale=2, denoising_strength=0.34)
     model = engine.txt2img(GenerationRequest(**base, hr_upscaler="2x-tiny-old"), save=False)
     lanczos = engine.txt2img(GenerationRequest(**base, hr_upscaler="Lanczos"), save=False)
     assert model.images[0].size == (128, 128)

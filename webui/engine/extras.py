@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from webui.core import infotext as infotext_fmt
 from webui.core.errors import InvalidField
@@ -32,6 +32,7 @@ class ExtrasResult:
     saved: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
+    processed: int = 0
 
     def html_info(self) -> str:
         """The API's html_info: the first image's line as HTML (A1111 shows it below the gallery)."""
@@ -83,12 +84,34 @@ def plan_extras(models, req: ExtrasRequest, images: list, max_side: int) -> Extr
     if not images:
         raise InvalidField("image", "no image given")
     for i, im in enumerate(images):
-        (w, h), _ = plan.sizes(req, im.width, im.height)
+        size = _size_of(im)
+        if size is None:
+            continue   # an unreadable file of a folder batch: reported and skipped when its turn comes
+        (w, h), _ = plan.sizes(req, *size)
         if max(w, h) > max_side:
             field_name = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
-            raise InvalidField(field_name, f"image {i + 1} ({im.width}x{im.height}) would become {w}x{h}, larger "
+            raise InvalidField(field_name, f"image {i + 1} ({size[0]}x{size[1]}) would become {w}x{h}, larger "
                                            f"than {max_side} px (setting upscale_max_side)")
     return plan
+
+
+def _size_of(item) -> tuple[int, int] | None:
+    """The size of a PIL image, or of an image file from its header (None when it cannot be read)."""
+    if isinstance(item, Image.Image):
+        return item.size
+    try:
+        with Image.open(item) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _open(item) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item
+    with Image.open(item) as im:
+        im.load()
+        return ImageOps.exif_transpose(im)
 
 
 def upscale_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan, opts: dict, check=None
@@ -116,10 +139,12 @@ def upscale_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan
     return out, infotext_fmt.format_params(params)
 
 
-def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Image.Image]], plan: ExtrasPlan,
-               opts: dict, save_dir: Path | None, keep_names: bool = False) -> ExtrasResult:
-    """The job's body: each image in turn; progress counts images and model tiles; interrupt stops between
-    tiles and returns what is done."""
+def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Image.Image | Path]], plan: ExtrasPlan,
+               opts: dict, save_dir: Path | None, keep_names: bool = False, show_limit: int | None = None
+               ) -> ExtrasResult:
+    """The job's body: each image in turn (PIL images, or files opened when their turn comes: a folder batch
+    never holds more than one source in memory); progress counts images and model tiles; interrupt stops
+    between tiles and returns what is done."""
     res = ExtrasResult([], [], [])
     job.progress.job = "extras"
     job.progress.job_count = len(images)
@@ -130,19 +155,26 @@ def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Ima
         if job.interrupted:
             raise _Stop
 
-    for i, (name, image) in enumerate(images):
+    for i, (name, item) in enumerate(images):
         if job.interrupted:
             res.interrupted = True
             break
         job.progress.job_no = i
         try:
+            image = _open(item)
+        except (OSError, SyntaxError, ValueError) as e:
+            res.notes.append(f"{name or item}: skipped, not a readable image ({type(e).__name__})")
+            continue
+        try:
             out, line = upscale_one(models, image, req, plan, opts, check)
         except _Stop:
             res.interrupted = True
             break
-        res.images.append(out)
-        res.infotexts.append(line)
-        res.names.append(name)
+        res.processed += 1
+        if show_limit is None or len(res.images) < show_limit:   # a folder batch keeps only what it shows
+            res.images.append(out)
+            res.infotexts.append(line)
+            res.names.append(name)
         if save_dir is not None:
             source_text, chunks = saving.read_infotext(image)
             keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
@@ -153,12 +185,12 @@ def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Ima
                                                extra_info={**keep, "extras": line}))
     job.progress.job_no = len(images)
     if res.interrupted:
-        res.notes.append(f"interrupted: {len(res.images)} of {len(images)} images done")
+        res.notes.append(f"interrupted: {res.processed} of {len(images)} images done")
     return res
 
 
-def submit_extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image]], *, save: bool = True,
-                  output_dir: str | Path | None = None) -> Job:
+def submit_extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image | Path]], *, save: bool = True,
+                  output_dir: str | Path | None = None, show_limit: int | None = None) -> Job:
     """Check now (bad input fails before queueing), then queue the upscaling on the engine's worker.
     ``output_dir``: save there (batch from a folder, keeping the source names) instead of extras-images."""
     opts = engine.settings.as_dict()
@@ -170,9 +202,9 @@ def submit_extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Imag
         save_dir = engine._outdir(opts, "outdir_extras_samples")
     keep_names = bool(output_dir)
     return engine.jobs.submit(lambda job: run_extras(job, engine.models, req, images, plan, opts, save_dir,
-                                                     keep_names), "extras")
+                                                     keep_names, show_limit), "extras")
 
 
-def extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image]], *, save: bool = True,
-           output_dir: str | Path | None = None) -> ExtrasResult:
-    return submit_extras(engine, req, images, save=save, output_dir=output_dir).wait()
+def extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Image | Path]], *, save: bool = True,
+           output_dir: str | Path | None = None, show_limit: int | None = None) -> ExtrasResult:
+    return submit_extras(engine, req, images, save=save, output_dir=output_dir, show_limit=show_limit).wait()

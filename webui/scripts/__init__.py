@@ -7,7 +7,8 @@ from webui.extensions.runner import ScriptRegistry, ScriptRunner
 from webui.extensions.script import Script
 
 # Module names in the order their scripts appear in the Script dropdown.
-BUILTIN_MODULES: tuple[str, ...] = ("xyz_grid", "prompt_matrix", "prompts_from_file", "loopback", "outpainting")
+BUILTIN_MODULES: tuple[str, ...] = ("xyz_grid", "prompt_matrix", "prompts_from_file", "loopback", "outpainting",
+                                     "sd_upscale")
 
 
 def builtin_registry() -> ScriptRegistry:

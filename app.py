@@ -81,7 +81,8 @@ def schedule_restart(engine: Engine) -> str:
 def _restart_process() -> None:
     print("Restarting the studio ...", flush=True)
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.argv])   # same flags; the sockets close on exec
+    script = getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]   # absolute since 3.9
+    os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])   # same flags; sockets close on exec
 
 
 def _share(host: str, port: int) -> str | None:

@@ -125,6 +125,7 @@ def studio(tmp_path_factory):
     data = tmp_path_factory.mktemp("ext-studio")
     for name in ("test-ext", "broken-import", "broken-hook", "broken-callback"):
         shutil.copytree(FIXTURES / name, data / "extensions" / name)
+    shutil.copytree(ROOT / "extensions" / "example-hello", data / "extensions" / "example-hello")   # shipped
     make_tiny_checkpoint(data / "models" / "Stable-diffusion" / "tiny-sd1.safetensors", "sd1", seed=1)
     proc, url = start_studio(data, "--test-ext-greeting", "hi")
     yield data, url, proc
@@ -162,6 +163,10 @@ def test_startup_install_preload_and_listing(studio):
     assert httpx.get(url + "/sdapi/v1/options", timeout=30).json()["test_ext_word"] == "zebra"
     info = httpx.get(url + "/sdapi/v1/script-info", timeout=30).json()
     assert any(s["name"] == "test ext" and s["is_alwayson"] for s in info)
+    # the shipped example: its route and its setting
+    assert httpx.get(url + "/hello/v1/greet", params={"name": "Ada"}, timeout=30).json() == {"greeting": "Hello, Ada!"}
+    assert httpx.get(url + "/sdapi/v1/options", timeout=30).json()["hello_greeting"] == "Hello"
+    assert extensions_by_name(url)["example-hello"]["status"] == "loaded"
 
 
 def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
@@ -169,10 +174,11 @@ def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
     n0 = len(httpx.get(url + "/test-ext/events", timeout=30).json())
     body = {"prompt": "a red circle", "steps": 3, "width": 64, "height": 64, "seed": 5, "save_images": True,
             "override_settings": {"sd_model_checkpoint": "tiny-sd1.safetensors"}}
-    r = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=300)
+    r = httpx.post(url + "/sdapi/v1/txt2img", timeout=300,
+                   json={**body, "alwayson_scripts": {"Hello stamp": {"args": [True]}}})
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
-    assert "Test ext: zebra" in info["infotexts"][0]
+    assert "Test ext: zebra" in info["infotexts"][0] and "Hello: Hello" in info["infotexts"][0]
     assert any("broken-hook" in n and "boom in process" in n for n in info["notes"])
     events = httpx.get(url + "/test-ext/events", timeout=30).json()[n0:]
     kinds = [e[0] for e in events]
@@ -189,7 +195,7 @@ def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
     png = Path(saved[1])
     assert png.is_file() and Path(before[1]) == png.parent
     text = Image.open(png).info["parameters"]
-    assert "Test ext: zebra" in text and text.endswith(", Saved by: test-ext")
+    assert "Test ext: zebra" in text and "Hello: Hello" in text and text.endswith(", Saved by: test-ext")
     exts = extensions_by_name(url)
     for name, where, message in (("broken-hook", "BrokenHook.process()", "RuntimeError: boom in process"),
                                  ("broken-callback", "on_cfg_denoiser (explode)", "ValueError: boom in cfg_denoiser")):
@@ -200,6 +206,7 @@ def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
     # disabled for the rest of the run: a second job runs without them and records no new error
     r = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "seed": 6}, timeout=300)
     assert r.status_code == 200 and not json.loads(r.json()["info"])["notes"]
+    assert "Hello:" not in json.loads(r.json()["info"])["infotexts"][0]    # the example's stamp is opt-in
     assert all(len(e["errors"]) == 1 for n, e in extensions_by_name(url).items() if n.startswith("broken"))
 
 
@@ -224,6 +231,11 @@ def test_browser_tab_setting_page_assets_install_and_disable(studio, tmp_path):
         page.locator("#test_ext_box textarea").fill("quiet")
         page.click("#test_ext_button")
         page.wait_for_function("() => document.querySelector('#test_ext_box textarea').value === 'QUIET'")
+        # the shipped example's tab
+        page.click("#tab_hello-button")
+        page.locator("#hello_name textarea, #hello_name input").first.fill("Ada")
+        page.click("#hello_button")
+        page.wait_for_function("() => document.querySelector('#hello_output').innerText.includes('Hello, Ada!')")
         # the setting on_ui_settings added is in the Settings tab
         page.click("#tab_settings-button")
         word = page.locator("#setting_test_ext_word textarea, #setting_test_ext_word input").first
@@ -245,6 +257,8 @@ def test_browser_tab_setting_page_assets_install_and_disable(studio, tmp_path):
         page.wait_for_function("() => document.querySelector('#extension_install_result').innerText"
                                ".includes('Installed into')")
         assert (data / "extensions" / "hello-repo" / "scripts" / "main.py").is_file()
+        # a setting changed through the API survives the restart (config.json) and shows in the UI after it
+        assert httpx.post(url + "/sdapi/v1/options", json={"jpeg_quality": 55}, timeout=30).status_code == 200
         # disable test-ext, apply and restart: the studio comes back without its tab, the new one loaded
         page.get_by_role("tab", name="Installed").click()
         page.locator("#extensions_enabled label", has_text="test-ext").click()
@@ -253,8 +267,14 @@ def test_browser_tab_setting_page_assets_install_and_disable(studio, tmp_path):
         page.wait_for_selector("#txt2img_prompt textarea", timeout=120_000)
         page.wait_for_timeout(1000)
         assert page.locator("#tab_test_ext-button").count() == 0
+        page.click("#tab_settings-button")
+        page.wait_for_function("() => document.querySelector('#setting_jpeg_quality input[type=number]')"
+                               ".value === '55'")
+        assert page.locator("#setting_test_ext_word").count() == 0       # its setting went with it
         browser.close()
-    assert json.loads((data / "config.json").read_text())["disabled_extensions"] == ["test-ext"]
+    config = json.loads((data / "config.json").read_text())
+    assert config["disabled_extensions"] == ["test-ext"] and config["jpeg_quality"] == 55
+    assert httpx.get(url + "/sdapi/v1/options", timeout=30).json()["jpeg_quality"] == 55
     exts = extensions_by_name(url)
     assert exts["test-ext"]["status"] == "disabled" and not exts["test-ext"]["enabled"]
     assert exts["hello-repo"]["status"] == "loaded" and exts["hello-repo"]["remote"] == str(repo)

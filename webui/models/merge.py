@@ -80,6 +80,11 @@ class TensorSource:
     def keys(self) -> list[str]:
         return self._keys
 
+    def has(self, key: str) -> bool:
+        if not hasattr(self, "_key_set"):
+            self._key_set = set(self._keys)
+        return key in self._key_set
+
     def shape(self, key: str) -> tuple[int, ...]:
         if self._sd is not None:
             return tuple(self._sd[key].shape)
@@ -166,7 +171,7 @@ def _check(req: MergeRequest, a: TensorSource, b: TensorSource | None, c: Tensor
         if not dtype.is_floating_point:
             continue
         for src, name in ((b, "secondary_model"), (c, "tertiary_model")):
-            if src is None or key not in src.keys():
+            if src is None or not src.has(key):
                 continue
             other = src.shape(key)
             if other != shape and not _inpaint_input(key, shape, other):
@@ -184,9 +189,9 @@ def _inpaint_input(key: str, a_shape: tuple, other: tuple) -> bool:
 def _merged(req: MergeRequest, key: str, a: TensorSource, b: TensorSource | None, c: TensorSource | None
             ) -> torch.Tensor:
     ta = a.get(key)
-    if req.mode == "No interpolation" or not ta.is_floating_point() or key not in b.keys():
+    if req.mode == "No interpolation" or not ta.is_floating_point() or not b.has(key):
         return ta
-    if req.mode == "Add difference" and key not in c.keys():
+    if req.mode == "Add difference" and not c.has(key):
         return ta
     x = ta.float()
     tb = b.get(key).float()

@@ -68,6 +68,9 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
             wire_send_to(t2i, i2i, tabs)
+            from webui.ui import extras_tab, upscale_tab
+            with gr.Tab("Extras", id="tab_extras", elem_id="tab_extras"):
+                extras_tab.ExtrasTab(engine).build()
             with gr.Tab("ControlNet", id="tab_controlnet", elem_id="tab_controlnet"):
                 cn_tab = controlnet_ui.build_tab(engine)
                 with gr.Row():
@@ -80,6 +83,8 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 script_tabs.build(scripts, "X/Y/Z plot", "xyz_plot")
             with gr.Tab("Prompt matrix", id="tab_prompt_matrix", elem_id="tab_prompt_matrix"):
                 script_tabs.build(scripts, "Prompt matrix", "prompt_matrix")
+            with gr.Tab("SD upscale", id="tab_sd_upscale", elem_id="tab_sd_upscale"):
+                upscale_tab.build(scripts)
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_tab.build(t2i.fields, tabs)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):

@@ -55,7 +55,7 @@ ANCHORS: dict[str, tuple[int, int]] = {
     "bottom": (64, 94),
     "centre": (64, 64),
 }
-RADIUS = {"small": 15, "large": 28}
+RADIUS = {"small": 19, "large": 30}
 POS_JITTER = 5  # pixels, uniform in [-j, j] on each axis
 RADIUS_JITTER = 2
 COLOUR_JITTER = 10  # per channel

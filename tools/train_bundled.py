@@ -53,19 +53,22 @@ IMAGE_SIZE = 128
 
 # ---- model configs (SD1 conventions for what the weights do not tell: GroupNorm 32 groups, 8 attention heads per
 # UNet block, text-encoder heads = hidden // 64, quick_gelu) ----
-# Why 96 channels at the full-resolution level (and at the VAE's last encoder level): the last GroupNorm before
-# conv_out normalises each group of channels over the whole image. With 32 or 64 channels (1 or 2 per group) a flat
-# region leaves nothing but a sign per group, so the VAE cannot write (or encode) absolute colours and the UNet cannot
-# move the per-channel mean of its prediction (the background colour) except by sign codes, which gradient descent
-# learns very slowly (measured: scrambled hues after 1,000 VAE steps, text-independent backgrounds after 900 UNet
-# steps). From 3 channels per group on, the normalised group keeps continuous degrees of freedom.
+# Why 96 channels in the VAE and at the UNet's first level: the last GroupNorm before conv_out normalises each group
+# of channels over the whole image. With 32 or 64 channels (1 or 2 per group) a flat region leaves nothing but a sign
+# per group, so the VAE cannot write (or encode) absolute colours and the UNet cannot move the per-channel mean of its
+# prediction (the background colour) except by sign codes, which gradient descent learns very slowly (measured:
+# scrambled hues after 1,000 VAE steps, text-independent backgrounds after 900 UNet steps). From 3 channels per group
+# on, the normalised group keeps continuous degrees of freedom.
+# Why layers_per_block 0 in the VAE: the encoder is then a patch embedding (strided convs) followed by the mid block
+# at 16x16, and the decoder keeps one resnet per level; on flat-coloured shapes this loses nothing measurable and
+# halves the cost of the full-resolution level, which is most of the cost of training and of encoding the pool.
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
     block_out_channels=[96, 96, 96, 96],
-    layers_per_block=1,
+    layers_per_block=0,
     act_fn="silu",
     latent_channels=4,
     norm_num_groups=32,
@@ -147,6 +150,51 @@ def caption_for(index: int, seed: int, epoch: int) -> str:
     return ds.make_caption(rng, s.background, s.shapes)
 
 
+# Facts a caption states, as class indices for the text encoder's auxiliary heads: background colour, then colour /
+# shape / size / position of the first and the second shape named; the last class of each head means "not stated".
+AUX_HEADS = (("background", len(ds.COLOUR_NAMES) + 1),
+             ("colour1", len(ds.COLOUR_NAMES) + 1), ("shape1", len(ds.SHAPES) + 1),
+             ("size1", len(ds.SIZES) + 1), ("position1", len(ds.POSITIONS) + 1),
+             ("colour2", len(ds.COLOUR_NAMES) + 1), ("shape2", len(ds.SHAPES) + 1),
+             ("position2", len(ds.POSITIONS) + 1))
+_PHRASE_TO_POSITION = {phrase: pos for pos, phrases in ds.POSITION_PHRASES.items() for phrase in phrases}
+
+
+def caption_labels(caption: str) -> list[int]:
+    """The facts of a caption of tools/shapes_dataset.py, read back from its words (one index per AUX_HEADS)."""
+    text = caption.replace(",", " ,")
+    words = text.split()
+    labels = {name: n - 1 for name, n in AUX_HEADS}
+    for i, w in enumerate(words):
+        if w in ("background", "backdrop") and i and words[i - 1] in ds.COLOUR_NAMES:
+            labels["background"] = ds.COLOUR_NAMES.index(words[i - 1])
+    shapes = [i for i, w in enumerate(words) if w in ds.SHAPES]
+    for k, i in enumerate(shapes[:2], start=1):
+        labels[f"shape{k}"] = ds.SHAPES.index(words[i])
+        if words[i - 1] in ds.COLOUR_NAMES:
+            labels[f"colour{k}"] = ds.COLOUR_NAMES.index(words[i - 1])
+        if k == 1 and i >= 2 and words[i - 2] in ds.SIZES:
+            labels["size1"] = ds.SIZES.index(words[i - 2])
+        rest = " ".join(words[i + 1:i + 5])
+        for phrase, pos in _PHRASE_TO_POSITION.items():
+            if rest.startswith(phrase):
+                labels[f"position{k}"] = ds.POSITIONS.index(pos)
+    return [labels[name] for name, _ in AUX_HEADS]
+
+
+def aux_text_loss(head: torch.nn.Linear, hidden: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the facts of each caption predicted from its first end-of-text token (which, under CLIP's
+    causal mask, has read the whole caption). Training-only: it makes the encoder's outputs informative within a few
+    dozen steps instead of waiting for the UNet's gradients to shape them, and the head is not shipped."""
+    eos = (ids == TEXT_CONFIG["eos_token_id"]).int().argmax(1)
+    logits = head(hidden[torch.arange(len(ids)), eos])
+    loss, start = hidden.new_zeros(()), 0
+    for k, (_, n) in enumerate(AUX_HEADS):
+        loss = loss + torch.nn.functional.cross_entropy(logits[:, start:start + n], labels[:, k])
+        start += n
+    return loss / len(AUX_HEADS)
+
+
 # ------------------------------------------------------------------------------------------------------------- vae
 def make_vae():
     from diffusers import AutoencoderKL
@@ -164,6 +212,15 @@ def crops_around_shapes(images: np.ndarray, samples, rng: np.random.Generator, s
         y0 = int(np.clip(round(cy - size / 2), 0, IMAGE_SIZE - size))
         out[k] = img[y0:y0 + size, x0:x0 + size]
     return out
+
+
+def edge_weights(x: torch.Tensor) -> torch.Tensor:
+    """1 on (and next to) colour edges of the target images, 0 on flat areas: N x 1 x H x W."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(1, keepdim=True)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(1, keepdim=True)
+    e = torch.nn.functional.pad(dx, (0, 1)) + torch.nn.functional.pad(dy, (0, 0, 0, 1))
+    e = torch.nn.functional.max_pool2d((e > 0.05).float(), 3, stride=1, padding=1)
+    return e
 
 
 def rescale_vae_latents(vae, latents_std: float) -> float:
@@ -190,37 +247,54 @@ def latent_std(vae, seed: int, n: int = 256) -> float:
 
 
 def train_vae(args, work: Path):
+    """Crops around the shapes first (cheap: it is fully convolutional), then whole images, so that the GroupNorm
+    statistics the decoder meets at generation time (a mostly-background 128x128 image) are the ones it trained on."""
     torch.manual_seed(args.seed)
     vae = make_vae()
+    with torch.no_grad():
+        # start with a narrow posterior (std ~0.02): with the default std of 1 the decoder first sees almost pure
+        # noise and the reconstruction loss stalls for hundreds of steps
+        vae.quant_conv.bias[vae.config.latent_channels:] = args.vae_init_logvar
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ema = EMA([vae], args.vae_ema) if args.vae_ema else None
     data_seed = args.seed * 1000 + 1
     rng = np.random.default_rng([args.seed, 11])
     g = torch.Generator().manual_seed(args.seed + 12)
-    bs, steps = args.vae_batch, args.vae_steps
+    steps = args.vae_steps + args.vae_full_steps
     t0 = time.time()
+    index = 0
     for step in range(steps):
-        samples = [ds.sample(step * bs + k, data_seed) for k in range(bs)]
+        full = step >= args.vae_steps
+        bs = args.vae_full_batch if full else args.vae_batch
+        samples = [ds.sample(index + k, data_seed) for k in range(bs)]
+        index += bs
         images = np.stack([s.image for s in samples])
-        x = images_to_tensor(crops_around_shapes(images, samples, rng, args.vae_crop))
+        x = images_to_tensor(images if full else crops_around_shapes(images, samples, rng, args.vae_crop))
         lr = args.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)
         rec = vae.decode(z).sample
-        rec_loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        # edges count more: most pixels are flat and easy, while the shape class lives in the outline
+        w = 1.0 + args.vae_edge_weight * edge_weights(x)
+        rec_loss = ((rec - x).abs() * w).mean() + ((rec - x).pow(2) * w).mean()
         kl = post.kl().mean() / z[0].numel()
         loss = rec_loss + args.vae_kl * kl
+        if args.vae_align:
+            # keep three latent channels close to the 8x8-averaged image: an image-like latent space (as SD's VAE
+            # has), which the UNet learns to denoise much faster than an arbitrary code; the fourth is left free
+            target = torch.nn.functional.avg_pool2d(x, 8)
+            loss = loss + args.vae_align * (post.mean[:, :3] - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if ema is not None:
             ema.update(step)
-        if step % 50 == 0 or step == steps - 1:
-            log(f"vae step {step}/{steps} rec {rec_loss.item():.4f} kl {kl.item():.3f} lr {lr:.2e} "
-                f"({(time.time() - t0) / (step + 1):.2f} s/step)")
+        if step % 25 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps}{' (full)' if full else ''} rec {rec_loss.item():.4f} kl {kl.item():.3f} "
+                f"lr {lr:.2e} ({(time.time() - t0) / (step + 1):.2f} s/step)")
     if ema is not None:
         ema.copy_to()
     vae.eval()
@@ -229,7 +303,31 @@ def train_vae(args, work: Path):
     log(f"vae latent std {std:.4f}; rescaled by {a:.4f}; now std*{SCALING_FACTOR} = "
         f"{latent_std(vae, args.seed * 1000 + 9) * SCALING_FACTOR:.4f}")
     vae.save_pretrained(work / "vae", safe_serialization=True)
+    if args.eval:
+        evaluate_vae(vae, args.seed * 1000 + 8)
     return vae
+
+
+def evaluate_vae(vae, seed: int, n: int = 64) -> None:
+    """Checker accuracies on reconstructions of whole dataset images (single-shape ones), and the pixel error."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import shape_checker as sc
+
+    samples = [s for s in (ds.sample(i, seed, two_shape_prob=0.0) for i in range(n))]
+    x = images_to_tensor(np.stack([s.image for s in samples]))
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(x[i:i + 16]).latent_dist.mean).sample for i in range(0, n, 16)])
+    out = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    hits = {"colour": 0, "shape": 0, "position": 0, "background": 0}
+    for img, s in zip(out, samples):
+        a, sh = sc.analyse(img), s.shapes[0]
+        hits["colour"] += a.colour == sh.colour
+        hits["shape"] += a.shape == sh.shape
+        hits["position"] += a.position == sh.position
+        hits["background"] += a.background == s.background
+    err = (rec.clamp(-1, 1) - x).abs().mean().item() * 127.5
+    log("EVAL vae reconstructions: " + " ".join(f"{k} {v / n:.0%}" for k, v in hits.items())
+        + f", mean abs error {err:.1f} levels")
 
 
 def load_vae(work: Path):
@@ -333,8 +431,9 @@ def train_unet(args, work: Path, vae):
     te.train()
     unet.train()
     sched = make_scheduler()
+    head = torch.nn.Linear(TEXT_CONFIG["hidden_size"], sum(n for _, n in AUX_HEADS))
     params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params + list(head.parameters()), lr=args.unet_lr, weight_decay=1e-2)
     ema = EMA([te, unet], args.ema)
     g = torch.Generator().manual_seed(args.seed + 21)
     empty = tokens([""])[0]
@@ -361,6 +460,11 @@ def train_unet(args, work: Path, vae):
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
         loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * w).mean()
+        if args.aux_text:
+            keep = ~drop
+            labels = torch.tensor([caption_labels(c) for c in captions])
+            aux = aux_text_loss(head, h[keep], ids[keep], labels[keep])
+            loss = loss + args.aux_text * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -368,7 +472,8 @@ def train_unet(args, work: Path, vae):
         ema.update(step)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 50 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({(time.time() - t0) / (step + 1):.2f} s/step)")
+            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({(time.time() - t0) / (step + 1):.2f} s/step)"
+                + (f" aux {aux.item():.3f}" if args.aux_text else ""))
         if args.eval and args.eval_every and step and step % args.eval_every == 0:
             state = [p.detach().clone() for p in params]
             ema.copy_to()
@@ -649,9 +754,14 @@ def parse_args(argv=None):
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-crop", type=int, default=64)
-    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-5)
     ap.add_argument("--vae-ema", type=float, default=0.0)
+    ap.add_argument("--vae-full-steps", type=int, default=60)
+    ap.add_argument("--vae-full-batch", type=int, default=4)
+    ap.add_argument("--vae-align", type=float, default=0.1)
+    ap.add_argument("--vae-init-logvar", type=float, default=-8.0)
+    ap.add_argument("--vae-edge-weight", type=float, default=4.0)
     ap.add_argument("--pool", type=int, default=6144)
     ap.add_argument("--unet-steps", type=int, default=1400)
     ap.add_argument("--unet-batch", type=int, default=64)
@@ -662,6 +772,7 @@ def parse_args(argv=None):
     ap.add_argument("--offset-noise", type=float, default=0.0)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--aux-text", type=float, default=0.1, help="weight of the text encoder's auxiliary loss")
     ap.add_argument("--cn-steps", type=int, default=400)
     ap.add_argument("--cn-batch", type=int, default=32)
     ap.add_argument("--cn-lr", type=float, default=1e-3)

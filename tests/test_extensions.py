@@ -182,15 +182,20 @@ def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
     assert any("broken-hook" in n and "boom in process" in n for n in info["notes"])
     events = httpx.get(url + "/test-ext/events", timeout=30).json()[n0:]
     kinds = [e[0] for e in events]
-    assert kinds == ["process", "model_loaded", "process_batch", "cfg_denoiser", "cfg_denoiser", "cfg_denoiser",
-                     "postprocess_image", "before_image_saved", "image_saved", "postprocess"]
-    assert events[0] == ["process", "a red circle", 3, [5]]
-    assert events[1] == ["model_loaded", "tiny-sd1.safetensors"]
-    assert events[2] == ["process_batch", 0, [5]]
-    assert [e[1:3] for e in events[3:6]] == [[0, 3], [1, 3], [2, 3]]          # step, total steps
-    assert events[3][3] == [1, 4, 32, 32] and events[3][4] == 1 and events[3][5]   # latents, 1 cond, an uncond
-    assert events[6] == ["postprocess_image", [64, 64]]
-    before, saved = events[7], events[8]
+    assert kinds == ["setup", "before_process", "process", "model_loaded", "before_process_batch", "process_batch",
+                     "cfg_denoiser", "cfg_denoiser", "cfg_denoiser", "postprocess_image", "before_image_saved",
+                     "image_saved", "postprocess"]
+    assert events[0] == ["setup", "a red circle"]
+    assert events[1] == ["before_process", True]                # per-image seeds not drawn yet
+    assert events[2] == ["process", "a red circle", 3, [5]]
+    assert events[3] == ["model_loaded", "tiny-sd1.safetensors"]
+    assert events[4] == ["before_process_batch", 0, ["a red circle"]]
+    assert events[5] == ["process_batch", 0, [5]]
+    cfg = events[6:9]
+    assert [e[1:3] for e in cfg] == [[0, 3], [1, 3], [2, 3]]          # step, total steps
+    assert cfg[0][3] == [1, 4, 32, 32] and cfg[0][4] == 1 and cfg[0][5]   # latents, one cond, an uncond
+    assert events[9] == ["postprocess_image", [64, 64]]
+    before, saved = events[10], events[11]
     assert before[2] is True and before[3] == "a red circle"      # the infotext already has the script's key
     png = Path(saved[1])
     assert png.is_file() and Path(before[1]) == png.parent

@@ -29,10 +29,19 @@ class TestExtScript(Script):
     def ui(self, is_img2img):
         return [gr.Textbox("", label="Test ext word override", elem_id=self.elem_id("word"))]
 
+    def setup(self, p, word=""):
+        EVENTS.append(["setup", p.prompt])
+
+    def before_process(self, p, word=""):
+        EVENTS.append(["before_process", p.all_seeds is None])
+
     def process(self, p, word=""):
         word = word or p.opts.get("test_ext_word", "?")
         EVENTS.append(["process", p.prompt, p.steps, list(p.all_seeds)])
         p.extra_generation_params["Test ext"] = word
+
+    def before_process_batch(self, p, word="", **kwargs):
+        EVENTS.append(["before_process_batch", kwargs.get("batch_number"), list(kwargs.get("prompts", []))])
 
     def process_batch(self, p, word="", **kwargs):
         EVENTS.append(["process_batch", kwargs.get("batch_number"), list(kwargs.get("seeds", []))])

@@ -186,6 +186,15 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def fit_tile(length: int, tile: int, overlap: int) -> int:
+    """The tile length (at most ``tile``) that covers ``length`` with the fewest tiles overlapping by about
+    ``overlap``: 256 px in tiles of 128 with 16 overlap -> three of 96, not three of 128 overlapping by 64."""
+    if tile >= length:
+        return length
+    n = math.ceil((length - overlap) / max(1, tile - overlap))
+    return min(tile, math.ceil((length + (n - 1) * overlap) / n))
+
+
 def _ramp(length: int, lo: int, hi: int) -> np.ndarray:
     """Blend weights along one axis of a tile: rising linearly over ``lo`` px at the start and falling over
     ``hi`` px at the end (0 = a hard edge: the image border), never exactly 0 so every pixel has weight."""
@@ -223,19 +232,20 @@ def upscale_once(up: LoadedUpscaler, image: Image.Image, tile: int = 192, overla
     s = up.scale
     tile = tile if tile and tile > 0 else max(h, w)
     overlap = max(0, min(overlap, tile // 2))
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    tile_h, tile_w = fit_tile(h, tile, overlap), fit_tile(w, tile, overlap)
+    ys, xs = tile_starts(h, tile_h, overlap), tile_starts(w, tile_w, overlap)
     acc = np.zeros((h * s, w * s, 3), np.float32)
     weight = np.zeros((h * s, w * s, 1), np.float32)
     total, done = len(ys) * len(xs), 0
     for yi, y in enumerate(ys):
-        th = min(tile, h - y)
+        th = min(tile_h, h - y)
         # the overlap actually shared with the neighbouring tile (0 at the image's border)
-        top = (ys[yi - 1] + tile - y) * s if yi > 0 else 0
+        top = (ys[yi - 1] + tile_h - y) * s if yi > 0 else 0
         bottom = (y + th - ys[yi + 1]) * s if yi + 1 < len(ys) else 0
         wy = _ramp(th * s, top, bottom)
         for xi, x in enumerate(xs):
-            tw = min(tile, w - x)
-            left = (xs[xi - 1] + tile - x) * s if xi > 0 else 0
+            tw = min(tile_w, w - x)
+            left = (xs[xi - 1] + tile_w - x) * s if xi > 0 else 0
             right = (x + tw - xs[xi + 1]) * s if xi + 1 < len(xs) else 0
             wx = _ramp(tw * s, left, right)
             out = _run(up, arr[..., y:y + th, x:x + tw])[0].permute(1, 2, 0).numpy()

@@ -430,11 +430,13 @@ def final_infotext(runs: list, o: TiledUpscaleOptions, req: Img2ImgRequest, seed
 
 
 def save_result(engine, image: Image.Image, text: str, seed: int, req, opts: dict):
-    """Save an upscaled picture like an img2img sample (numbered, atomic, never overwriting)."""
+    """Save an upscaled picture as an img2img sample (numbered, atomic, never overwriting; extensions'
+    before/after image-saved callbacks run as for any sample)."""
+    model = engine.models.current
+    if model is not None:
+        return engine._save(image, text, seed, req, model, opts, "outdir_img2img_samples")
     fmt = str(opts.get("samples_format") or "png").lower()
-    tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale,
-              "width": image.width, "height": image.height, "sampler": req.sampler_name}
-    return saving.save_image(image, engine._outdir(opts, "outdir_img2img_samples"), text, tokens=tokens,
+    return saving.save_image(image, engine._outdir(opts, "outdir_img2img_samples"), text, tokens={"seed": seed},
                              pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
                              fmt="jpg" if fmt == "jpeg" else fmt, jpeg_quality=int(opts.get("jpeg_quality", 80)))
 

@@ -152,7 +152,7 @@ class SDUpscale(Script):
             seeds.append(p.seed + n)
             run = getattr(p, "_run", None)
             if run is not None and run.save and not p.do_not_save_samples and opts.get("samples_save", True):
-                run.saved.append(tiled.save_result(engine, done.image, text, p.seed + n, p, opts))
+                run.saved.append(tiled.save_result(engine, done.image, text, p.seed + n, p.to_request(), opts))
             if p.interrupted:
                 break
         if denoise <= 0 or o.redraw == "None":

@@ -197,3 +197,132 @@ def test_send_to_img2img_carries_image_and_parameters(page, data_dir):
                            " === 'a purple star on the left'")
     page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
     assert page.locator("#img2img_seed input[type=number]").first.input_value() == "777"
+
+
+def pick_tiny_sd1(page) -> None:
+    page.click("#setting_sd_model_checkpoint input")
+    page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
+    page.wait_for_timeout(1000)
+
+
+def paint_stroke(page, editor_id: str, image_path) -> None:
+    """Upload a background into a Gradio ImageEditor and paint one horizontal stroke across its middle with the
+    mouse (the brush tool is active after an upload), as a user does."""
+    page.locator(f"#{editor_id} canvas").first.wait_for(state="visible")
+    loaded = f"() => document.querySelector('#{editor_id} button[aria-label=\"Brush Size\"]') !== null"
+    for attempt in range(3):   # the editor shows the brush size button once the background is in
+        page.locator(f"#{editor_id} input[type=file]").set_input_files(str(image_path))
+        try:
+            page.wait_for_function(loaded, timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - an upload the editor missed while it was still mounting: again
+            if attempt == 2:
+                raise
+    page.wait_for_timeout(500)
+    box = page.locator(f"#{editor_id} canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy)
+    page.mouse.down()
+    for k in range(9):
+        page.mouse.move(cx - 40 + k * 10, cy, steps=2)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
+def generate_img2img(page, data_dir, seed: int, **numbers):
+    for eid, v in (("img2img_steps", 3), ("img2img_width", 64), ("img2img_height", 64), ("img2img_seed", seed),
+                   *numbers.items()):
+        set_number(page, eid, v)
+    started = time.time() - 1
+    page.click("#img2img_generate")
+    page.wait_for_function(f"() => document.querySelector('#html_info_img2img').innerText.includes('Seed: {seed}')"
+                           " || document.querySelector('#img2img_error .studio-error') !== null", timeout=240_000)
+    assert page.locator("#img2img_error .studio-error").count() == 0, page.locator("#img2img_error").inner_text()
+    folder = data_dir / "outputs" / "img2img-images"
+    saved = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= started]
+    out = [f for f in saved if not f.stem.endswith("-mask")]
+    masks = [f for f in saved if f.stem.endswith("-mask")]
+    inits = [f for f in (data_dir / "outputs" / "init-images").glob("*.png") if f.stat().st_mtime >= started]
+    assert len(out) == 1, saved
+    return out[0], (masks[0] if masks else None), inits
+
+
+def test_sketch_inpaint_and_inpaint_sketch_painted_in_browser(page, data_dir, server, tmp_path):
+    """The editors' painted layers, drawn with the mouse: Sketch's drawing becomes the init image, Inpaint's
+    painted layer the mask, Inpaint sketch's both. The settings save_init_img / save_mask show what the engine
+    got; the API given that init image (and mask) makes the same pixels."""
+    import base64
+    import io
+    import json
+
+    import httpx
+    from PIL import ImageDraw
+    blue = Image.new("RGB", (64, 64), (35, 70, 220))
+    blue.save(tmp_path / "blue.png")
+    circle = blue.copy()
+    ImageDraw.Draw(circle).ellipse((16, 16, 48, 48), fill=(245, 220, 35))
+    circle.save(tmp_path / "circle.png")
+
+    def b64(path_or_image) -> str:
+        im = Image.open(path_or_image) if not isinstance(path_or_image, Image.Image) else path_or_image
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    for old in (data_dir / "outputs" / "init-images").glob("*.png"):
+        old.unlink()   # an init image is saved once per content: start from none
+    opts = {"save_init_img": True, "save_mask": True}
+    assert httpx.post(server + "/sdapi/v1/options", json=opts, timeout=60).status_code == 200
+    try:
+        pick_tiny_sd1(page)
+        page.get_by_role("tab", name="img2img").first.click()
+        page.locator("#img2img_prompt textarea").fill("a red blob")
+
+        # Sketch: the red stroke (the first brush colour) is part of the init image
+        page.locator("#img2img_img2img_sketch_tab-button").click()
+        paint_stroke(page, "img2img_sketch", tmp_path / "blue.png")
+        out, _, inits = generate_img2img(page, data_dir, 11, img2img_denoising_strength=0.6)
+        assert len(inits) == 1
+        init = np.asarray(Image.open(inits[0]).convert("RGB")).astype(int)
+        red = np.abs(init - [220, 30, 30]).sum(-1) < 60
+        assert red[32, 28:36].all() and not red[0].any() and (init[0] == [35, 70, 220]).all()
+        r = httpx.post(server + "/sdapi/v1/img2img", timeout=120, json={
+            "prompt": "a red blob", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler a",
+            "cfg_scale": 7, "denoising_strength": 0.6, "init_images": [b64(inits[0])],
+            "override_settings": {"sd_model_checkpoint": "tiny-sd1"}})
+        api = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert np.array_equal(np.asarray(api), np.asarray(Image.open(out)))
+        assert json.loads(r.json()["info"])["infotexts"][0] == Image.open(out).info["parameters"]
+
+        # Inpaint: the white stroke is the mask; outside it the picture comes back unchanged
+        page.locator("#img2img_inpaint_tab-button").click()
+        paint_stroke(page, "img2maskimg", tmp_path / "circle.png")
+        out, mask_file, _ = generate_img2img(page, data_dir, 12, img2img_mask_blur=0,
+                                             img2img_denoising_strength=0.9)
+        mask = np.asarray(Image.open(mask_file).convert("L")) > 127
+        assert mask[32, 28:36].all() and not mask[0].any() and mask.mean() < 0.9
+        got, src = np.asarray(Image.open(out).convert("RGB")).astype(int), np.asarray(circle).astype(int)
+        assert np.array_equal(got[~mask], src[~mask])
+        assert np.abs(got[mask] - src[mask]).mean() > 1
+
+        # Inpaint sketch: the coloured stroke is in the init image and is the mask
+        page.locator("#img2img_inpaint_sketch_tab-button").click()
+        paint_stroke(page, "inpaint_sketch", tmp_path / "circle.png")
+        out, mask_file, inits = generate_img2img(page, data_dir, 13, img2img_mask_blur=0)
+        mask = np.asarray(Image.open(mask_file).convert("L")) > 127
+        init = np.asarray(Image.open(inits[0]).convert("RGB")).astype(int)
+        assert mask[32, 28:36].all() and not mask[0].any()
+        assert np.abs(init[mask] - src[mask]).sum(-1).mean() > 30, "the painted colour is in the init image"
+        assert np.array_equal(init[~mask], src[~mask])
+        got = np.asarray(Image.open(out).convert("RGB")).astype(int)
+        assert np.array_equal(got[~mask], src[~mask])
+
+        # the img2img gallery sends its image on to inpaint, and to extras
+        page.click("#img2img_send_to_inpaint")
+        page.wait_for_function("() => document.querySelector('#img2img_inpaint_tab-button')"
+                               ".getAttribute('aria-selected') === 'true'")
+        page.click("#img2img_send_to_extras")
+        page.wait_for_function("() => document.querySelector('#extras_image img') !== null")
+        assert page.locator("#tab_extras-button").get_attribute("aria-selected") == "true"
+    finally:
+        httpx.post(server + "/sdapi/v1/options", json={"save_init_img": False, "save_mask": False}, timeout=60)

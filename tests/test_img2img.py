@@ -167,3 +167,21 @@ def test_img2img_api_image_formats_include_init_images_and_size_limit(server):
     assert r.status_code == 422 and r.json()["field"] == "mask"
     r = httpx.post(server + "/sdapi/v1/img2img", timeout=300, json={**base, "init_images": [b64(src)]})
     assert r.status_code == 200
+
+
+def test_save_init_image_and_mask_settings(engine, data_dir):
+    import hashlib
+    src, mask = picture(), box_mask()
+    opts = {**CKPT, "save_init_img": True, "save_mask": True}
+    res = engine.img2img(Img2ImgRequest(prompt="a green square", steps=3, width=64, height=64, seed=4321,
+                                        mask_blur=0, override_settings=opts), [src], mask, save=True)
+    init_file = data_dir / "outputs" / "init-images" / f"{hashlib.md5(src.tobytes()).hexdigest()}.png"
+    assert init_file.exists() and np.array_equal(arr(Image.open(init_file)), arr(src))
+    masks = [p for p in res.saved if p.stem.endswith("4321-mask")]
+    assert len(masks) == 1 and np.array_equal(np.asarray(Image.open(masks[0])), np.asarray(box_mask()))
+    again = engine.img2img(Img2ImgRequest(prompt="a green square", steps=3, width=64, height=64, seed=4321,
+                                          mask_blur=0, override_settings=opts), [src], mask, save=True)
+    assert init_file not in again.saved, "the same init image is saved once"
+    plain = engine.img2img(Img2ImgRequest(prompt="x", steps=2, width=64, height=64, seed=4322,
+                                          override_settings=CKPT), [src], mask, save=True)
+    assert len(plain.saved) == 1, "both settings are off by default"

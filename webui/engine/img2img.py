@@ -2,7 +2,10 @@
 blended in after every step, and the result pasted over the original so the unmasked area is unchanged."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,7 @@ from PIL import Image
 
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES
 from webui.engine import images as geo
-from webui.engine import sampling
+from webui.engine import sampling, saving
 
 
 @dataclass
@@ -29,6 +32,33 @@ class InitImages:
     def hard_mask_empty(self, req) -> bool:
         hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), 0, 0, self.mask.size, 0)
         return hard.getbbox() is None
+
+    def overlay_mask(self, req) -> Image.Image | None:
+        """The (blurred) mask the result is pasted through, at the output size; None without a mask."""
+        if self.mask is None:
+            return None
+        bx, by = self.blur(req)
+        return geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (req.width, req.height),
+                                req.resize_mode)[1]
+
+    def save_extras(self, req, opts: dict, index: int, seed: int, outdir: Callable[[dict, str], Path]) -> list[Path]:
+        """A1111's "save_init_img" (the init image in outdir_init_images, named by its MD5, once) and "save_mask"
+        (the greyscale mask beside the image, "<seed>-mask"). Returns the files written."""
+        written = []
+        if opts.get("save_init_img"):
+            image = self.images[index % len(self.images)]
+            name = hashlib.md5(image.tobytes()).hexdigest()
+            folder = outdir({**opts, "save_to_dirs": False}, "outdir_init_images")   # no date folders (A1111)
+            if not (folder / f"{name}.png").exists():   # the same content is saved once
+                written.append(saving.save_named(image, folder, name, None, fmt="png"))
+        mask = self.overlay_mask(req) if opts.get("save_mask") else None
+        if mask is not None:
+            fmt = str(opts.get("samples_format") or "png").lower()
+            written.append(saving.save_image(mask, outdir(opts, "outdir_img2img_samples"), None,
+                                             tokens={"seed": seed}, pattern="[seed]-mask",
+                                             fmt="jpg" if fmt == "jpeg" else fmt,
+                                             jpeg_quality=int(opts.get("jpeg_quality", 80))))
+        return written
 
     def infotext(self, req) -> dict[str, Any]:
         p: dict[str, Any] = {}

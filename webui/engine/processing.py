@@ -401,6 +401,8 @@ class Engine:
                 if save and not req.do_not_save_samples:
                     res.saved.append(self._save(image, text, seeds[i], req, model, opts,
                                                 "outdir_img2img_samples" if init else "outdir_txt2img_samples"))
+                    if init is not None:   # settings save_init_img, save_mask
+                        res.saved.extend(init.save_extras(req, opts, i, seeds[i], self._outdir))
         res.images = images
         grid_wanted = len(images) > 1 and (opts.get("return_grid") or opts.get("grid_save"))
         if grid_wanted:

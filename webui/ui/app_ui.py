@@ -9,7 +9,7 @@ from webui.extensions.runner import ScriptRunner
 from webui.extensions.runtime import ExtensionRuntime
 from webui.ui import controlnet_ui, extensions_tab, extra_networks, merger_tab, pnginfo_tab, settings_tab
 from webui.ui.common import error_html
-from webui.ui.generation_tab import GenerationTab, wire_send_to
+from webui.ui.generation_tab import GenerationTab, wire_send_to, wire_send_to_extras
 
 
 def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
@@ -68,9 +68,13 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
             wire_send_to(t2i, i2i, tabs)
+            wire_send_to(i2i, i2i, tabs)
             from webui.ui import extras_tab, upscale_tab
             with gr.Tab("Extras", id="tab_extras", elem_id="tab_extras"):
-                extras_tab.ExtrasTab(engine).build()
+                extras = extras_tab.ExtrasTab(engine)
+                extras.build()
+            wire_send_to_extras(t2i, extras.image, tabs)
+            wire_send_to_extras(i2i, extras.image, tabs)
             with gr.Tab("ControlNet", id="tab_controlnet", elem_id="tab_controlnet"):
                 cn_tab = controlnet_ui.build_tab(engine)
                 with gr.Row():

@@ -9,6 +9,7 @@ from webui.core import samplers as core_samplers
 from webui.core.errors import StudioError
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, Img2ImgRequest
 from webui.engine import samplers as engine_samplers
+from webui.engine.batch import BatchResult
 from webui.engine.hires import hires_upscalers
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
@@ -74,8 +75,10 @@ class GenerationTab:
                                                   elem_id=f"{m}_hr_upscaler")
                         hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                              elem_id=f"{m}_hires_steps")
+                        # img2img_denoising_strength is img2img's own slider (A1111's id); this one is hidden there
                         denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
-                                            elem_id=f"{m}_denoising_strength")
+                                            elem_id="txt2img_denoising_strength" if m == "txt2img"
+                                            else f"{m}_hr_denoising_strength")
                     with gr.Row():
                         hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id=f"{m}_hr_scale")
                         hr_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
@@ -100,6 +103,9 @@ class GenerationTab:
                 with gr.Row():
                     self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{m}_send_to_img2img")
                     self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{m}_send_to_inpaint")
+                    # shown by wire_send_to_extras once the page has an Extras tab
+                    self.send_extras = gr.Button("Send to extras", size="sm", elem_id=f"{m}_send_to_extras",
+                                                 visible=False)
         last_seed = gr.State(-1)
         self.gallery, self.selected, self.infotexts = gallery, gr.State(0), gr.State([])
 
@@ -148,8 +154,10 @@ class GenerationTab:
                 if self.controlnet is not None:
                     req.alwayson_scripts = {**(req.alwayson_scripts or {}),
                                             "controlnet": {"args": self.controlnet.units_for_request(list(cn_values))}}
-                if m == "img2img":
-                    images, mask = init_from_editors(*init_values)
+                if m == "img2img" and init_values[0] == "batch":
+                    job = e.submit_img2img_batch(req, *init_values[-3:])
+                elif m == "img2img":
+                    images, mask = init_from_editors(*init_values[:7])
                     job = (self.scripts.submit(req, images, mask, save=save) if self.scripts is not None
                            else e.submit_img2img(req, images, mask, save=save))
                 else:
@@ -172,6 +180,9 @@ class GenerationTab:
                 yield gr.update(), "", "", error_html(err), gr.update(), gr.update()
                 return
             notes = ("\n" + "\n".join(result.notes)) if result.notes else ""
+            if isinstance(result, BatchResult):
+                yield result.images, "", info_html(result.summary() + notes), "", gr.update(), result.infotexts
+                return
             text = result.infotexts[result.index_of_first_image] if result.infotexts else "Interrupted"
             yield (result.images, "", info_html(text + notes), "",
                    result.seeds[0] if result.seeds else -1, result.infotexts)
@@ -209,10 +220,21 @@ class GenerationTab:
             with gr.Tab("Inpaint upload", elem_id="img2img_inpaint_upload_tab") as t5:
                 upload_image = gr.Image(label="Image", type="pil", elem_id="img_inpaint_base", sources=["upload"])
                 upload_mask = gr.Image(label="Mask", type="pil", elem_id="img_inpaint_mask", sources=["upload"])
+            with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t6:
+                gr.Markdown("Process every image (.png .jpg .jpeg .webp .tif .tiff .bmp) of a folder on the "
+                            "server, sub-folders included. With a masks folder: one file there is the mask of "
+                            "every image, else each image takes the mask with its own name. Outputs are named "
+                            "after the inputs and never overwrite a file; without an output folder they are saved "
+                            "as usual. Unreadable files are listed and skipped.")
+                batch_in = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                batch_out = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
+                batch_masks = gr.Textbox(label="Inpaint batch mask directory (required for inpaint batch "
+                                         "processing only)", elem_id="img2img_batch_inpaint_mask_dir")
         for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint sketch"),
-                          (t5, "inpaint upload")):
+                          (t5, "inpaint upload"), (t6, "batch")):
             tab.select(lambda n=name: n, None, mode, queue=False)
-        self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask]
+        self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask,
+                            batch_in, batch_out, batch_masks]
         self.mode_state, self.plain_image, self.inpaint_editor = mode, plain, inpaint
 
     def _build_img2img_options(self) -> None:
@@ -289,9 +311,10 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
         text = infotexts[index] if infotexts and index < len(infotexts) else ""
         return image.convert("RGB"), text
 
-    fields = {k: target.fields[k] for k in source.fields if k in target.fields and k not in (
-        "denoising_strength", "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x",
-        "hr_resize_y")}
+    skipped = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y")
+    if source.mode == "txt2img":   # its denoising strength is the hires fix's
+        skipped += ("denoising_strength",)
+    fields = {k: target.fields[k] for k in source.fields if k in target.fields and k not in skipped}
 
     def to_img2img(gallery, index, infotexts):
         image, text = pick(gallery, index, infotexts)
@@ -308,3 +331,24 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
     tail = [target.mode_state, target.subtabs, tabs, *fields.values()]
     source.send_img2img.click(to_img2img, inputs, [target.plain_image, *tail])
     source.send_inpaint.click(to_inpaint, inputs, [target.inpaint_editor, *tail])
+
+
+def selected_image(gallery, index):
+    """The PIL image selected in a gallery value (None when the gallery is empty)."""
+    if not gallery:
+        return None
+    item = gallery[min(int(index or 0), len(gallery) - 1)]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(image, str):
+        from PIL import Image
+        image = Image.open(image)
+    return image.convert("RGB")
+
+
+def wire_send_to_extras(source: GenerationTab, image: gr.components.Component, tabs: gr.Tabs,
+                        tab_id: str = "tab_extras") -> None:
+    """"Send to extras": the selected gallery image goes to the Extras tab's input image (``image``, a PIL
+    gr.Image) and that tab is selected. The button stays hidden on pages without an Extras tab."""
+    source.send_extras.visible = True
+    source.send_extras.click(lambda gallery, index: [selected_image(gallery, index), gr.Tabs(selected=tab_id)],
+                             [source.gallery, source.selected], [image, tabs])

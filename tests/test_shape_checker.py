@@ -113,11 +113,12 @@ def test_pil_input_and_position_boundaries():
 
 
 def test_edge_iou():
-    img = _draw("circle", "red", "left", background="white")
+    # small circles: two large ones on the left and right touch in the middle of a 128-px image
+    img = _draw("circle", "red", "left", size="small", background="white")
     e = sc.edge_map(img)
     assert e.sum() > 50
     assert sc.edge_iou(e, e) == pytest.approx(1.0)
-    moved = sc.edge_map(_draw("circle", "red", "right", background="white"))
+    moved = sc.edge_map(_draw("circle", "red", "right", size="small", background="white"))
     assert sc.edge_iou(e, moved) < 0.05
     shifted = np.roll(e, 1, axis=1)
     assert sc.edge_iou(e, shifted) > 0.7

@@ -73,36 +73,43 @@ def _components():
 
 
 @pytest.fixture(scope="module")
-def generate():
-    """generate(prompt, negative_prompt, seed, cfg_scale, steps=20, control_image=None) -> PIL.Image.
+def generate(tmp_path_factory):
+    """generate(prompt, negative_prompt, seed, cfg_scale, steps=20, control_image=None) -> PIL.Image, through the
+    studio's engine: txt2img, sampler "Euler a", 128x128, the bundled checkpoint; a control image goes in as a
+    ControlNet unit (module "none": the image is the canny map) with the bundled canny ControlNet."""
+    from app import build_engine
+    from webui.config.flags import parse_args
+    from webui.core.request import GenerationRequest
 
-    TODO(engine): switch this fixture to the studio engine's generation call (txt2img, sampler "Euler a", 128x128,
-    ControlNet unit with the bundled canny model) once it lands; the thresholds stay the same.
-    """
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    vae, te, unet, cn = _components()
-    pipe = tb.make_pipeline(vae, te, unet)
-    cn_pipe = tb.make_pipeline(vae, te, unet, controlnet=cn) if cn is not None else None
+    data = tmp_path_factory.mktemp("bundled-quality")
+    if CONTROLNET.exists():
+        (data / "models" / "ControlNet").mkdir(parents=True)
+        (data / "models" / "ControlNet" / CONTROLNET.name).symlink_to(CONTROLNET)
+    engine = build_engine(parse_args(["--data-dir", str(data)]))
+    engine.settings.update({"live_previews_enable": False}, save=False)
     timings = []
 
     def _generate(prompt, negative_prompt="", seed=0, cfg_scale=7.0, steps=20, control_image=None):
-        kw = dict(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
-                  guidance_scale=cfg_scale, height=tb.IMAGE_SIZE, width=tb.IMAGE_SIZE,
-                  generator=torch.Generator().manual_seed(seed))
-        t0 = time.perf_counter()
+        scripts = {}
         if control_image is not None:
-            assert cn_pipe is not None, "bundled ControlNet missing"
-            image = cn_pipe(image=control_image, **kw).images[0]
-        else:
-            image = pipe(**kw).images[0]
-            if cfg_scale > 1:
-                timings.append(time.perf_counter() - t0)
+            assert CONTROLNET.exists(), "bundled ControlNet missing"
+            scripts = {"controlnet": {"args": [{"enabled": True, "module": "none", "model": CONTROLNET.stem,
+                                                "image": control_image, "resize_mode": "Just Resize"}]}}
+        req = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
+                                width=tb.IMAGE_SIZE, height=tb.IMAGE_SIZE, sampler_name="Euler a", seed=seed,
+                                override_settings={"sd_model_checkpoint": CHECKPOINT.name},
+                                alwayson_scripts=scripts)
+        t0 = time.perf_counter()
+        image = engine.txt2img(req, save=False).images[0]
+        if control_image is None and cfg_scale > 1:
+            timings.append(time.perf_counter() - t0)
         return image
 
     yield _generate
+    engine.jobs.stop()
     if timings:
-        print(f"\n[bundled] txt2img 128x128, 20 steps, Euler a, CFG 7: {np.mean(timings):.2f} s/image "
-              f"over {len(timings)} images")
+        print(f"\n[bundled] studio txt2img 128x128, 20 steps, Euler a, CFG 7: {np.mean(timings):.2f} s/image "
+              f"over {len(timings)} images (a loaded test machine; bench/txt2img.py measures speed)")
 
 
 def prompt_cases(n: int = 48):

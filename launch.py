@@ -121,7 +121,7 @@ def main() -> None:
     os.chdir(ROOT)
     if "--test" in argv:
         extra = [a for a in argv if a not in ("--test", "--skip-install")]
-        sys.exit(subprocess.call([sys.executable, "-m", "pytest", "tests", *extra], cwd=ROOT))
+        sys.exit(subprocess.call([sys.executable, "-m", "pytest", "tests", "--durations=30", *extra], cwd=ROOT))
     sys.path.insert(0, str(ROOT))
     import app
     app.main(argv)

@@ -65,7 +65,7 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-def start_server(data: Path, *extra: str, timeout: float = 120.0):
+def start_server(data: Path, *extra: str, timeout: float = 240.0):
     port = free_port()
     env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
     log = open(data / f"server-{port}.log", "w")

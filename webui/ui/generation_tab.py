@@ -50,6 +50,8 @@ class GenerationTab:
                 with gr.Row():
                     interrupt = gr.Button("Interrupt", elem_id=f"{m}_interrupt", size="sm")
                     skip = gr.Button("Skip", elem_id=f"{m}_skip", size="sm")
+                # A1111's "Read generation parameters from prompt": an infotext pasted into the prompt box
+                paste = gr.Button("↙ Read parameters from prompt", elem_id=f"{m}_paste", size="sm")
         with gr.Row():
             with gr.Column():
                 with gr.Row():
@@ -58,9 +60,10 @@ class GenerationTab:
                     schedule = gr.Dropdown(core_samplers.schedule_labels(), value="Automatic",
                                            label="Schedule type", elem_id=f"{m}_scheduler")
                 steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{m}_steps")
+                size = native_size(e)
                 with gr.Row():
-                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{m}_width")
-                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{m}_height")
+                    width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id=f"{m}_width")
+                    height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id=f"{m}_height")
                 with gr.Row():
                     batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count",
                                             elem_id=f"{m}_batch_count")
@@ -200,6 +203,21 @@ class GenerationTab:
         negative.change(count, negative, neg_token_counter, queue=False, show_progress="hidden")
         interrupt.click(lambda: e.jobs.interrupt(), None, None, queue=False)
         skip.click(lambda: e.jobs.skip(), None, None, queue=False)
+        paste_fields = {k: v for k, v in self.fields.items() if k != "styles"}
+        if m == "img2img":   # the img2img image's own settings are not in a txt2img infotext
+            paste_fields = {k: v for k, v in paste_fields.items() if k not in self.i2i_fields}
+        cn_outputs = self.controlnet.inputs if self.controlnet else []
+
+        def read_prompt(text: str):
+            from webui.ui.pnginfo_tab import paste_values
+            if "Steps: " not in (text or ""):
+                return [*[gr.update() for _ in paste_fields], *[gr.update() for _ in cn_outputs],
+                        error_html("paste a generation's parameters (its infotext) into the prompt box first")]
+            values = paste_values(text, paste_fields)
+            cn = paste_controlnet(self.controlnet, text) if self.controlnet else []
+            return [*values, *cn, ""]
+
+        paste.click(read_prompt, prompt, [*paste_fields.values(), *cn_outputs, error], queue=False)
         random_seed.click(lambda: -1, None, seed, queue=False)
         reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
 
@@ -258,6 +276,21 @@ class GenerationTab:
         self.i2i_fields = {"resize_mode": resize, "mask_blur": blur, "inpainting_mask_invert": invert,
                            "inpainting_fill": fill, "inpaint_full_res": area,
                            "inpaint_full_res_padding": padding}
+
+
+def native_size(engine: Engine) -> int:
+    """The width/height the UI starts with: the bundled shapes model draws at 128 px, others at SD1's 512."""
+    try:
+        return 128 if engine.models.default_checkpoint().name.startswith("shapes-") else 512
+    except StudioError:
+        return 512
+
+
+def paste_controlnet(section: ControlNetSection, text: str) -> list:
+    """Updates for a ControlNet section's widgets from the "ControlNet N" keys of an infotext."""
+    from webui.core import infotext as infotext_fmt
+    from webui.core.controlnet import units_from_infotext
+    return section.paste_updates(units_from_infotext(infotext_fmt.parse_infotext(text)))
 
 
 def _layers_mask(value) -> object:

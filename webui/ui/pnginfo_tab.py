@@ -36,7 +36,8 @@ def paste_values(text: str, fields: dict) -> list:
     return out
 
 
-def build(txt2img_fields: dict, tabs: gr.Tabs) -> None:
+def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None) -> None:
+    """The PNG Info tab; "Send to txt2img" fills the txt2img fields and its ControlNet units (when given)."""
     with gr.Row():
         image = gr.Image(label="Source", type="filepath", elem_id="pnginfo_image", sources=["upload"])
         with gr.Column():
@@ -44,5 +45,11 @@ def build(txt2img_fields: dict, tabs: gr.Tabs) -> None:
             text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_generation_info", interactive=False)
             send = gr.Button("Send to txt2img", elem_id="txt2img_tab")
     image.change(lambda p: read_image_info(p)[::-1], image, [html_out, text])
-    send.click(lambda t: [*paste_values(t, txt2img_fields), gr.Tabs(selected="tab_txt2img")], text,
-               [*txt2img_fields.values(), tabs])
+    from webui.ui.generation_tab import paste_controlnet
+    cn_outputs = controlnet.inputs if controlnet is not None else []
+
+    def send_to_txt2img(t: str) -> list:
+        cn = paste_controlnet(controlnet, t) if controlnet is not None and t else [gr.update() for _ in cn_outputs]
+        return [*paste_values(t, txt2img_fields), *cn, gr.Tabs(selected="tab_txt2img")]
+
+    send.click(send_to_txt2img, text, [*txt2img_fields.values(), *cn_outputs, tabs])

@@ -427,7 +427,7 @@ def train_unet(args, work: Path, vae):
     data_seed = args.seed * 1000 + 2
     mean, std = encode_pool(vae, args.pool, data_seed, work)
     torch.manual_seed(args.seed + 20)
-    te, unet = make_text_encoder(), make_unet()
+    te, unet = load_text_unet(work) if args.unet_resume else (make_text_encoder(), make_unet())
     te.train()
     unet.train()
     sched = make_scheduler()
@@ -472,7 +472,8 @@ def train_unet(args, work: Path, vae):
         ema.update(step)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 50 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({(time.time() - t0) / (step + 1):.2f} s/step)"
+            per_step = (time.time() - t0) / (step + 1)
+            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({per_step:.2f} s/step)"
                 + (f" aux {aux.item():.3f}" if args.aux_text else ""))
         if args.eval and args.eval_every and step and step % args.eval_every == 0:
             state = [p.detach().clone() for p in params]
@@ -521,10 +522,11 @@ def train_controlnet(args, work: Path, vae, te, unet):
         m.eval()
     sched = make_scheduler()
     opt = torch.optim.AdamW(cn.parameters(), lr=args.cn_lr, weight_decay=1e-2)
-    ema = EMA([cn], args.ema)
+    ema = EMA([cn], args.cn_ema) if args.cn_ema else None
     g = torch.Generator().manual_seed(args.seed + 31)
     empty = tokens([""])[0]
     bs, steps = args.cn_batch, args.cn_steps
+    n_t = sched.config.num_train_timesteps
     t0, running = time.time(), 0.0
     for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 32)):
         images = np.stack([ds.sample(int(i), data_seed).image for i in idx])
@@ -536,7 +538,9 @@ def train_controlnet(args, work: Path, vae, te, unet):
         noise = torch.randn(z.shape, generator=g)
         if args.offset_noise:
             noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
+        # the control decides where the shape goes, which happens at high noise; at low noise the latent
+        # already shows it and the control's gradient is nearly nothing
+        t = torch.randint(int(args.cn_min_t * n_t), n_t, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.cn_lr, 20)
         for group in opt.param_groups:
@@ -550,11 +554,13 @@ def train_controlnet(args, work: Path, vae, te, unet):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
         opt.step()
-        ema.update(step)
+        if ema is not None:
+            ema.update(step)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 50 == 0 or step == steps - 1:
             log(f"controlnet step {step}/{steps} loss {running:.4f} ({(time.time() - t0) / (step + 1):.2f} s/step)")
-    ema.copy_to()
+    if ema is not None:
+        ema.copy_to()
     cn.eval()
     cn.save_pretrained(work / "controlnet", safe_serialization=True)
     return cn
@@ -568,8 +574,7 @@ def load_controlnet(work: Path):
 
 # ------------------------------------------------------------------------------------------------------ pipeline
 def make_pipeline(vae, te, unet, controlnet=None):
-    from diffusers import (EulerAncestralDiscreteScheduler, StableDiffusionControlNetPipeline,
-                           StableDiffusionPipeline)
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
@@ -766,6 +771,7 @@ def parse_args(argv=None):
     ap.add_argument("--unet-steps", type=int, default=1200)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--unet-resume", action="store_true", help="(experiments) start from the work dir's UNet")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)
@@ -775,8 +781,10 @@ def parse_args(argv=None):
     ap.add_argument("--aux-text", type=float, default=0.2, help="weight of the text encoder's auxiliary loss")
     ap.add_argument("--cn-steps", type=int, default=400)
     ap.add_argument("--cn-batch", type=int, default=16)
-    ap.add_argument("--cn-lr", type=float, default=1e-3)
-    ap.add_argument("--cn-caption-dropout", type=float, default=0.3)
+    ap.add_argument("--cn-lr", type=float, default=4e-3)
+    ap.add_argument("--cn-caption-dropout", type=float, default=0.5)
+    ap.add_argument("--cn-min-t", type=float, default=0.3, help="train the ControlNet on t >= this fraction")
+    ap.add_argument("--cn-ema", type=float, default=0.0, help="EMA of the ControlNet's weights (0: none)")
     ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH)

@@ -43,7 +43,7 @@ def scene(shape: str, colour: str, position: str, background: str, size: str = "
 def run(engine, image, mask=None, **kw):
     base = dict(prompt="", steps=20, width=128, height=128, cfg_scale=7, sampler_name="Euler a", seed=SEEDS[0],
                 denoising_strength=0.5, mask_blur=0, inpaint_full_res=False, inpainting_fill=1,
-                override_settings={"sd_model_checkpoint": MODEL.name})
+                override_settings={"sd_model_checkpoint": MODEL.name, "live_previews_enable": False})
     return engine.img2img(Img2ImgRequest(**{**base, **kw}), [image], mask, save=False).images[0]
 
 

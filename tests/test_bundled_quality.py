@@ -144,30 +144,36 @@ def test_prompt_cases_cover_the_vocabulary():
     assert {c[3] for c in cases} == set(ds.POSITIONS)
 
 
-def _score(generate, cfg):
-    hits = {"colour": 0, "shape": 0, "position": 0, "background": 0}
-    cases = prompt_cases()
+def _hits(generate, cfg, cases):
+    """Per case: (colour, shape, position, background) right or not."""
+    out = []
     for prompt, colour, shape, position, background, seed in cases:
         a = sc.analyse(generate(prompt, "", seed, cfg))
-        hits["colour"] += a.colour == colour
-        hits["shape"] += a.shape == shape
-        hits["position"] += a.position == position
-        hits["background"] += a.background == background
-    return {k: v / len(cases) for k, v in hits.items()}
+        out.append((a.colour == colour, a.shape == shape, a.position == position, a.background == background))
+    return np.array(out, dtype=float)
+
+
+def _rates(hits) -> dict[str, float]:
+    return dict(zip(("colour", "shape", "position", "background"), hits.mean(axis=0).tolist()))
 
 
 @pytest.fixture(scope="module")
 def scores(generate):
-    cfg7, cfg1 = _score(generate, 7.0), _score(generate, 1.0)
-    for name, r in (("CFG 7", cfg7), ("CFG 1", cfg1)):
-        print(f"\n[bundled] {name}, 48 prompt x seed pairs: " + ", ".join(f"{k} {v:.0%}" for k, v in r.items()))
-    return cfg7, cfg1
+    """CFG 7 on all 48 pairs; CFG 1 on every other pair (24: every colour, shape and position), compared with
+    CFG 7 on the same 24."""
+    cases = prompt_cases()
+    h7 = _hits(generate, 7.0, cases)
+    h1 = _hits(generate, 1.0, cases[::2])
+    cfg7, cfg7_half, cfg1 = _rates(h7), _rates(h7[::2]), _rates(h1)
+    for name, r in (("CFG 7, 48 pairs", cfg7), ("CFG 7, the 24 of CFG 1", cfg7_half), ("CFG 1, 24 pairs", cfg1)):
+        print(f"\n[bundled] {name}: " + ", ".join(f"{k} {v:.0%}" for k, v in r.items()))
+    return cfg7, cfg7_half, cfg1
 
 
 def test_prompt_following_as_measured(scores):
     """What shapes-tiny-v1 does now (measured: CFG 7 colour 90 %, shape 40 %, position 98 %, background 98 %;
     CFG 1 colour 100 %, shape 56 %), with a margin: a regression guard, not the issue's target."""
-    cfg7, cfg1 = scores
+    cfg7, _, cfg1 = scores
     assert cfg7["colour"] >= 0.85 and cfg7["position"] >= 0.90 and cfg7["background"] >= 0.90
     assert cfg7["shape"] >= 0.30 and cfg1["shape"] >= 0.40
     assert cfg1["colour"] >= 0.90
@@ -176,18 +182,18 @@ def test_prompt_following_as_measured(scores):
 @pytest.mark.xfail(strict=True, reason="issue 4 open: at CFG 7 guidance redraws the shapes' edges (shape 40 %, "
                                        "target 80 %), and CFG 1 already names the colour right (100 %)")
 def test_prompt_following_meets_the_issue_targets(scores):
-    cfg7, cfg1 = scores
+    cfg7, cfg7_half, cfg1 = scores
     assert cfg7["colour"] >= 0.90
     assert cfg7["shape"] >= 0.80
     assert cfg7["position"] >= 0.80
-    assert cfg7["colour"] - cfg1["colour"] >= 0.20, "guidance must clearly improve colour accuracy"
+    assert cfg7_half["colour"] - cfg1["colour"] >= 0.20, "guidance must clearly improve colour accuracy"
 
 
 def test_negative_prompt_moves_background(generate):
     """The prompt names no background; the background the model picked for a seed, named in the negative prompt,
     goes away with the same seed."""
     moved = total = 0
-    for k in range(16):
+    for k in range(10):
         colour, shape = ds.COLOUR_NAMES[k % 8], ds.SHAPES[k % 4]
         prompt = ds.canonical_caption(shape, colour, "large", ds.POSITIONS[k % 5], None)
         seed = 300 + k

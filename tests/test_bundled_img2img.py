@@ -3,13 +3,12 @@ means shows in the pixels, judged with the classical checker (tests/shape_checke
 with -s); thresholds keep a margin. Skips until models/Stable-diffusion/shapes-tiny-v1.safetensors exists."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tool_modules import load_tool
 
 import shape_checker as sc
 from webui.core.request import Img2ImgRequest
@@ -21,13 +20,7 @@ SEEDS = (1, 2, 3)
 
 
 def _shapes_dataset():
-    if "shapes_dataset" in sys.modules:
-        return sys.modules["shapes_dataset"]
-    spec = importlib.util.spec_from_file_location("shapes_dataset", ROOT / "tools" / "shapes_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["shapes_dataset"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("shapes_dataset")
 
 
 def scene(shape: str, colour: str, position: str, background: str, size: str = "large") -> Image.Image:

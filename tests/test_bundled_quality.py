@@ -15,32 +15,21 @@ passes, so the marker goes) and a guard at the measured level keeps it from gett
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tool_modules import load_tool
 
 import shape_checker as sc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ds = _load_tool("shapes_dataset")
-tb = _load_tool("train_bundled")
+ds = load_tool("shapes_dataset")
+tb = load_tool("train_bundled")
 
 CHECKPOINT = tb.CHECKPOINT_PATH
 CONTROLNET = tb.CONTROLNET_PATH

@@ -4,13 +4,12 @@ shape follows the control edges, weight 0 is no control exactly, stopping the co
 (run with -s); skipped until the bundled model and its ControlNet are in models/."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tool_modules import load_tool
 
 import shape_checker as sc
 from webui.core.request import GenerationRequest
@@ -24,13 +23,7 @@ CASES = 3
 
 
 def _shapes_dataset():
-    if "shapes_dataset" in sys.modules:
-        return sys.modules["shapes_dataset"]
-    spec = importlib.util.spec_from_file_location("shapes_dataset", ROOT / "tools" / "shapes_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["shapes_dataset"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("shapes_dataset")
 
 
 def control_case(k: int):

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from tool_modules import load_tool
 
 import shape_checker as sc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_dataset():
-    spec = importlib.util.spec_from_file_location("shapes_dataset", ROOT / "tools" / "shapes_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("shapes_dataset", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ds = _load_dataset()
+ds = load_tool("shapes_dataset")
 
 
 def _draw(shape, colour, position, size="large", background="blue", blur=0.0, noise=0.0, seed=0):

@@ -190,3 +190,28 @@ def test_bad_units_fail_before_work_with_clear_messages(cn_engine):
     plain, _ = run(cn_engine, None)
     off, _ = run(cn_engine, [unit(enabled=False, module="nope")])
     assert np.array_equal(plain, off)
+
+
+def test_only_masked_inpaint_crops_the_control_map_to_the_region(cn_engine):
+    # A1111's ControlNet extension cuts the unit's image to the "Only masked" box, so the map lines up with the
+    # cropped picture the model denoises. Square edges at x = 15 and 48 of a 64 px image; mask box 24..40 with
+    # padding 12 -> region 12..52 (40 px) shown at 64 px: the edges move to (15 - 12) * 1.6 and (48 - 12) * 1.6.
+    init = Image.new("RGB", (64, 64), (20, 20, 120))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle([24, 24, 39, 39], fill=255)
+    fields = dict(prompt="x", steps=4, width=64, height=64, cfg_scale=5.0, seed=3, sampler_name="Euler",
+                  denoising_strength=0.8, mask_blur=0, inpaint_full_res_padding=12,
+                  override_settings={"sd_model_checkpoint": "tiny-sd1.safetensors"})
+    units = {"controlnet": {"args": [unit(module="canny", image=control_image("square"))]}}
+
+    def edge_columns(full_res: bool) -> np.ndarray:
+        req = Img2ImgRequest(**fields, inpaint_full_res=full_res, alwayson_scripts=units)
+        shown = np.asarray(cn_engine.img2img(req, [init], mask=mask, save=False).images[-1])[:, :, 0]
+        assert shown.shape == (64, 64)
+        return np.flatnonzero(shown[32] > 127)
+
+    whole = edge_columns(False)
+    assert whole.min() in range(14, 18) and whole.max() in range(46, 51)    # the square as drawn
+    cropped = edge_columns(True)
+    assert cropped.min() in range(3, 9) and cropped.max() in range(55, 61)
+    assert not ((cropped > 12) & (cropped < 52)).any()

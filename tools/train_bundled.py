@@ -451,7 +451,8 @@ def train_unet(args, work: Path, vae):
             # latent (at 16x16 the image mean still leaks through at t=999) instead of from the prompt, and at
             # sampling time the background follows the random mean of the starting noise
             noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
+        t_hi = max(1, round(args.unet_max_t * sched.config.num_train_timesteps))
+        t = torch.randint(0, t_hi, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.unet_lr, args.warmup)
         for group in opt.param_groups:
@@ -772,6 +773,7 @@ def parse_args(argv=None):
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--unet-resume", action="store_true", help="(experiments) start from the work dir's UNet")
+    ap.add_argument("--unet-max-t", type=float, default=1.0, help="(experiments) train the UNet on t < this fraction")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)

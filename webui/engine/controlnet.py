@@ -303,9 +303,19 @@ class ControlPass:
         return residuals
 
 
+def crop_to_region(x: np.ndarray, resize_mode: str, region: tuple[int, int, int, int], h: int, w: int) -> np.ndarray:
+    """A unit's image (or mask) for inpainting "Only masked": fitted to the generation size by the unit's resize
+    mode, cut to the masked region and scaled back to the generation size (the region has its aspect ratio), so
+    the map lines up with the cropped picture the model sees."""
+    x1, y1, x2, y2 = region
+    return _resize_map(np.ascontiguousarray(fit_map(x, resize_mode, h, w)[y1:y2, x1:x2]), (w, h))
+
+
 def make_pass(support: ControlNetSupport, checked: list[CheckedUnit], base_unet, height: int, width: int, *,
-              init_images: list | None = None, init_mask=None, seed: int = 0, hires: bool = False) -> ControlPass:
-    """Load the units' ControlNets (through the model manager) and make their maps at height x width."""
+              init_images: list | None = None, init_mask=None, seed: int = 0, hires: bool = False,
+              region: tuple[int, int, int, int] | None = None) -> ControlPass:
+    """Load the units' ControlNets (through the model manager) and make their maps at height x width.
+    region: inpainting's "Only masked" box (generation coordinates); the units' images and masks are cut to it."""
     units: list[ActiveUnit] = []
     notes: list[str] = []
     for c in checked:
@@ -324,6 +334,10 @@ def make_pass(support: ControlNetSupport, checked: list[CheckedUnit], base_unet,
         mask = c.mask
         if mask is None and init_mask is not None and c.image is None:
             mask = to_array(init_mask, "mask")[0][:, :, 0]
+        if region is not None:
+            sources = [crop_to_region(src, u.resize_mode, region, height, width) for src in sources]
+            if mask is not None:
+                mask = crop_to_region(mask[:, :, None], u.resize_mode, region, height, width)[:, :, 0]
         res = u.processor_res
         if u.pixel_perfect:
             res = pixel_perfect_resolution(sources[0], height, width, u.resize_mode)
@@ -332,7 +346,7 @@ def make_pass(support: ControlNetSupport, checked: list[CheckedUnit], base_unet,
         for src in sources:
             ctx = pre.Context(mask=mask, seed=seed, detector=support.detector)
             detected = pre.run(c.module, src, resolution, a, b, ctx)
-            fitted = fit_map(detected, u.resize_mode, height, width)
+            fitted = fit_map(detected, "Just Resize" if region is not None else u.resize_mode, height, width)
             hints.append(hint_tensor(fitted))
             shown.append(fitted[:, :, :3] if fitted.shape[2] == 3 else _show_inpaint(fitted))
         soft = u.control_mode == "My prompt is more important" or (hires and c.module.name in ("canny", "mlsd"))

@@ -33,6 +33,16 @@ class InitImages:
         hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), 0, 0, self.mask.size, 0)
         return hard.getbbox() is None
 
+    def region(self, req) -> tuple[int, int, int, int] | None:
+        """The "Only masked" box (padding included, at the output's aspect ratio) in output coordinates; None
+        for the whole picture."""
+        if self.mask is None or not req.inpaint_full_res:
+            return None
+        bx, by = self.blur(req)
+        hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (req.width, req.height),
+                                   req.resize_mode)
+        return geo.masked_region(hard, req.inpaint_full_res_padding, req.width, req.height)
+
     def overlay_mask(self, req) -> Image.Image | None:
         """The (blurred) mask the result is pasted through, at the output size; None without a mask."""
         if self.mask is None:

@@ -431,7 +431,7 @@ class Engine:
         if not checked:
             return None, None
         kw = {"init_images": init.images if init else None, "init_mask": init.mask if init else None,
-              "seed": seeds[0] if seeds else 0}
+              "seed": seeds[0] if seeds else 0, "region": init.region(req) if init else None}
         first = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, req.height, req.width, **kw)
         second = cn_engine.make_pass(self.controlnet, checked, model.pipe.unet, hires.height, hires.width,
                                      hires=True, **kw) if hires else None

@@ -15,7 +15,7 @@ UNet heads = 8 for sd1 and ``max(1, channels // 64)`` per block for sd2/sdxl; te
 from the shipped templates in ``webui/models/configs/<family>/``.
 
 Notes for users of these files:
-- The tiny VAE has 2 blocks, so it downsamples by 2 (not 8): latents are image_size / 2.
+- The tiny VAE has 3 blocks, so it downsamples by 4 (not 8): latents are image_size / 4.
 - SDXL's two tiny text encoders have different widths (64 and 128). diffusers' single-file loader picks the CLIP-L
   branch for text_encoder_2 whenever both widths are equal, so equal widths would load the wrong weights.
 - The tokenizer is the real CLIP one (vocab 49,408, 77 positions), shipped in ``webui/models/configs/tokenizer``.
@@ -63,8 +63,8 @@ def _text_config(family: str, part: str, hidden: int, layers: int = 2, projectio
 
 def _vae_config(family: str) -> dict:
     cfg = _template(family, "vae")
-    cfg.update(block_out_channels=[32, 64], layers_per_block=1, latent_channels=4, norm_num_groups=32,
-               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    cfg.update(block_out_channels=[32, 64, 64], layers_per_block=1, latent_channels=4, norm_num_groups=32,
+               down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
     return cfg
 
 

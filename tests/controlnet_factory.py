@@ -5,7 +5,7 @@ control_v11p_sd15_* files are, or with diffusers keys (as most SDXL ControlNet f
     path = make_tiny_controlnet(tmp_path / "control_tiny_canny.safetensors", "sd1", seed=0)
 
 A tiny ControlNet is ``ControlNetModel.from_unet`` on the tiny UNet of ``checkpoint_factory`` with hint widths
-(16, 32): the tiny VAE downsamples by 2, so the hint embedding must too (one strided conv). Weights are random and
+(16, 32, 32): the tiny VAE downsamples by 4, so the hint embedding must too (two strided convs). Weights are random and
 perturbed (zero convolutions included), so every unit visibly changes the UNet's output.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from checkpoint_factory import tiny_models
 
-TINY_HINT_CHANNELS = (16, 32)
+TINY_HINT_CHANNELS = (16, 32, 32)
 
 
 def _resnet_to_ldm(key: str) -> str:

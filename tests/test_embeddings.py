@@ -24,8 +24,6 @@ from webui.models.embeddings import (
     ti_hashes_infotext,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):

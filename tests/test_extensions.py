@@ -193,7 +193,7 @@ def test_hooks_fire_in_order_and_broken_extensions_do_not_stop_the_job(studio):
     assert events[5] == ["process_batch", 0, [5]]
     cfg = events[6:9]
     assert [e[1:3] for e in cfg] == [[0, 3], [1, 3], [2, 3]]          # step, total steps
-    assert cfg[0][3] == [1, 4, 32, 32] and cfg[0][4] == 1 and cfg[0][5]   # latents, one cond, an uncond
+    assert cfg[0][3] == [1, 4, 16, 16] and cfg[0][4] == 1 and cfg[0][5]   # latents, one cond, an uncond
     assert events[9] == ["postprocess_image", [64, 64]]
     before, saved = events[10], events[11]
     assert before[2] is True and before[3] == "a red circle"      # the infotext already has the script's key

@@ -107,7 +107,7 @@ def test_inpaint_on_inpainting_model_equals_diffusers_inside_and_keeps_outside(i
     masked = mode_latents(model.pipe.vae, ((x * 2 - 1) * (1 - m) + 1) / 2)
     pipe.scheduler.set_timesteps(5)
     from diffusers.utils.torch_utils import randn_tensor
-    noise = randn_tensor((1, 4, 32, 32), generator=torch.Generator("cpu").manual_seed(8))
+    noise = randn_tensor((1, 4, 16, 16), generator=torch.Generator("cpu").manual_seed(8))
     start = mode_latents(model.pipe.vae, x) + noise * pipe.scheduler.sigmas[0]
     ref = pipe("a yellow square", image=src, mask_image=mask, masked_image_latents=masked,
                latents=start / pipe.scheduler.init_noise_sigma, num_inference_steps=5, guidance_scale=5,

@@ -22,8 +22,6 @@ from webui.models.lora import (
     unload_loras,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 
-import checkpoint_factory as cf
 import pytest
 import torch
 
+import checkpoint_factory as cf
 from webui.models import original_layout as ol
-
-torch.set_num_threads(1)
 
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 OPENCLIP_PREFIX = {"sd2": ol.SD2_OPENCLIP_PREFIX, "sd2-v": ol.SD2_OPENCLIP_PREFIX}

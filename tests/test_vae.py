@@ -13,8 +13,6 @@ from checkpoint_factory import make_tiny_checkpoint, tiny_state_dicts
 from webui.models.original_layout import vae_to_original
 from webui.models.vae import find_vae, load_vae, scan_vaes, swap_vae, vae_near_checkpoint
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):

@@ -119,7 +119,8 @@ def classify_contour(contour: np.ndarray) -> tuple[str, float, float]:
 
 
 def position_of(cx: float, cy: float, width: int, height: int) -> str:
-    """left / right / top / bottom / centre from a centroid; 'centre' within 12.5 % of the width of the middle on both axes."""
+    """left / right / top / bottom / centre from a centroid; 'centre' within 12.5 % of the width of the middle on
+    both axes."""
     dx = (cx - width / 2) / width
     dy = (cy - height / 2) / height
     if max(abs(dx), abs(dy)) < 0.125:

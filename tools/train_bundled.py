@@ -522,7 +522,12 @@ def train_controlnet(args, work: Path, vae, te, unet):
         m.requires_grad_(False)
         m.eval()
     sched = make_scheduler()
-    opt = torch.optim.AdamW(cn.parameters(), lr=args.cn_lr, weight_decay=1e-2)
+    # the zero convolutions (the residuals' outputs) can learn faster than the copied encoder
+    zero = [p for n, p in cn.named_parameters() if n.startswith(("controlnet_down_blocks", "controlnet_mid_block"))]
+    zero_ids = {id(p) for p in zero}
+    rest = [p for p in cn.parameters() if id(p) not in zero_ids]
+    opt = torch.optim.AdamW([{"params": rest, "mult": 1.0}, {"params": zero, "mult": args.cn_zero_lr_mult}],
+                            lr=args.cn_lr, weight_decay=1e-2)
     ema = EMA([cn], args.cn_ema) if args.cn_ema else None
     g = torch.Generator().manual_seed(args.seed + 31)
     empty = tokens([""])[0]
@@ -545,12 +550,21 @@ def train_controlnet(args, work: Path, vae, te, unet):
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.cn_lr, 20)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["mult"]
         with torch.no_grad():
             h = te(ids).last_hidden_state
         down, mid = cn(noisy, t, h, controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, h, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        loss = (pred - noise).pow(2).mean()
+        err = (pred - noise).pow(2)
+        if args.cn_edge_weight:
+            # the latents the control's edges pass through (one latent pixel around them) weigh more: the rest
+            # of the loss is what the UNet predicts without a control, and drowns the control's signal
+            near = torch.nn.functional.adaptive_max_pool2d(cond[:, :1], z.shape[-2:])
+            near = torch.nn.functional.max_pool2d(near, 3, 1, 1)
+            weight = 1 + args.cn_edge_weight * near
+            loss = (err * weight).mean() / weight.mean()
+        else:
+            loss = err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
@@ -786,6 +800,10 @@ def parse_args(argv=None):
     ap.add_argument("--cn-lr", type=float, default=4e-3)
     ap.add_argument("--cn-caption-dropout", type=float, default=0.5)
     ap.add_argument("--cn-min-t", type=float, default=0.3, help="train the ControlNet on t >= this fraction")
+    ap.add_argument("--cn-edge-weight", type=float, default=0.0,
+                    help="extra loss weight on the latents along the control's edges (0: plain MSE)")
+    ap.add_argument("--cn-zero-lr-mult", type=float, default=1.0,
+                    help="learning-rate multiplier of the zero convolutions")
     ap.add_argument("--cn-ema", type=float, default=0.0, help="EMA of the ControlNet's weights (0: none)")
     ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
     ap.add_argument("--eval-every", type=int, default=0)

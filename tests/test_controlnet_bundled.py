@@ -69,7 +69,9 @@ def unit(image, **kw) -> dict:
 def measured(bundled_engine):
     """Edge IoU with the control map, per case, for each way of running the unit (and the images of two)."""
     out: dict[str, list] = {k: [] for k in ("none", "full", "zero", "early_stop", "prompt", "control")}
+    placed: dict[str, int] = {"none": 0, "full": 0}
     same = []
+    ds = _shapes_dataset()
     for k in range(CASES):
         prompt, image, target = control_case(k)
         seed = 900 + k
@@ -81,37 +83,48 @@ def measured(bundled_engine):
         same.append(np.array_equal(images["none"], images["zero"]))
         for name, img in images.items():
             out[name].append(sc.edge_iou(sc.edge_map(img), target))
+        for name in placed:   # the prompt names no position: only the control can say where the shape goes
+            placed[name] += sc.analyse(images[name]).position == ds.POSITIONS[(k + 1) % 5]
     means = {k: float(np.mean(v)) for k, v in out.items()}
-    print("\n[bundled ControlNet] mean edge IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
-    return means, same
+    print("\n[bundled ControlNet] mean edge IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items())
+          + f"; shape placed where the control draws it: {placed['full']}/{CASES} with control, "
+          f"{placed['none']}/{CASES} without")
+    return means, same, placed
 
 
 def test_control_has_a_measurable_effect(measured):
-    """The shipped ControlNet as measured (IoU 0.10 with control, 0.06 without; 0.14 "ControlNet is more
+    """The shipped ControlNet as measured (IoU 0.12 with control, 0.08 without; 0.16 "ControlNet is more
     important"): a regression guard while it falls short of the target below."""
-    means, _ = measured
+    means, _, _ = measured
     assert means["full"] >= means["none"] + 0.02
     assert means["control"] >= means["none"] + 0.04
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled ControlNet is under-trained (IoU 0.10, target 0.5)")
+def test_control_places_the_shape(measured):
+    """Where the control draws the shape, the shape goes (10/10 measured on 10 cases, 2/10 without control): the
+    control works; the edge IoU below stays low because the model draws the shape itself badly (issue 4)."""
+    _, _, placed = measured
+    assert placed["full"] == CASES and placed["none"] < CASES
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled ControlNet is under-trained (IoU 0.12, target 0.5)")
 def test_generated_shape_follows_the_control_edges(measured):
-    means, _ = measured
+    means, _, _ = measured
     assert means["full"] >= 0.5
     assert means["full"] >= 3 * means["none"]
 
 
 def test_weight_zero_equals_no_control(measured):
-    _, same = measured
+    _, same, _ = measured
     assert all(same)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: too weak a control to weaken measurably (0.10 either way)")
+@pytest.mark.xfail(strict=True, reason="issue 4 open: too weak a control to weaken measurably (0.12 either way)")
 def test_stopping_early_weakens_control(measured):
-    means, _ = measured
+    means, _, _ = measured
     assert means["early_stop"] < means["full"] - 0.05
 
 
 def test_controlnet_more_important_follows_the_map_more(measured):
-    means, _ = measured
+    means, _, _ = measured
     assert means["control"] > means["prompt"]

@@ -438,6 +438,7 @@ def train_unet(args, work: Path, vae):
     g = torch.Generator().manual_seed(args.seed + 21)
     empty = tokens([""])[0]
     bs, steps = args.unet_batch, args.unet_steps
+    t_hi = max(1, round(args.unet_max_t * sched.config.num_train_timesteps))
     t0, running = time.time(), 0.0
     for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 22)):
         captions = [caption_for(int(i), data_seed, epoch) for i in idx]
@@ -451,7 +452,6 @@ def train_unet(args, work: Path, vae):
             # latent (at 16x16 the image mean still leaks through at t=999) instead of from the prompt, and at
             # sampling time the background follows the random mean of the starting noise
             noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
-        t_hi = max(1, round(args.unet_max_t * sched.config.num_train_timesteps))
         t = torch.randint(0, t_hi, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.unet_lr, args.warmup)

@@ -33,23 +33,30 @@ class InitImages:
         hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), 0, 0, self.mask.size, 0)
         return hard.getbbox() is None
 
+    def masks(self, req) -> tuple[Image.Image, Image.Image]:
+        """(hard, blurred) mask at the output size."""
+        bx, by = self.blur(req)
+        return geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (req.width, req.height),
+                                req.resize_mode)
+
+    @staticmethod
+    def _region_of(hard: Image.Image, req) -> tuple[int, int, int, int] | None:
+        if not req.inpaint_full_res:
+            return None
+        return geo.masked_region(hard, req.inpaint_full_res_padding, req.width, req.height)
+
     def region(self, req) -> tuple[int, int, int, int] | None:
         """The "Only masked" box (padding included, at the output's aspect ratio) in output coordinates; None
         for the whole picture."""
         if self.mask is None or not req.inpaint_full_res:
             return None
-        bx, by = self.blur(req)
-        hard, _ = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (req.width, req.height),
-                                   req.resize_mode)
-        return geo.masked_region(hard, req.inpaint_full_res_padding, req.width, req.height)
+        return self._region_of(self.masks(req)[0], req)
 
     def overlay_mask(self, req) -> Image.Image | None:
         """The (blurred) mask the result is pasted through, at the output size; None without a mask."""
         if self.mask is None:
             return None
-        bx, by = self.blur(req)
-        return geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (req.width, req.height),
-                                req.resize_mode)[1]
+        return self.masks(req)[1]
 
     def save_extras(self, req, opts: dict, index: int, seed: int, outdir: Callable[[dict, str], Path]) -> list[Path]:
         """A1111's "save_init_img" (the init image in outdir_init_images, named by its MD5, once) and "save_mask"
@@ -97,10 +104,10 @@ class InitImages:
         work, regions, soft, latent_mask, work_mask = bases, None, None, None, None
         if self.mask is not None:
             bx, by = self.blur(req)
-            hard, soft = geo.prepare_mask(self.mask, bool(req.inpainting_mask_invert), bx, by, (w, h), mode)
+            hard, soft = self.masks(req)
             work_mask = hard
-            if req.inpaint_full_res:
-                region = geo.masked_region(hard, req.inpaint_full_res_padding, w, h)
+            region = self._region_of(hard, req)
+            if region is not None:
                 regions = region
                 work = [b.crop(region).resize((w, h), Image.Resampling.LANCZOS) for b in bases]
                 work_mask = hard.crop(region).resize((w, h), Image.Resampling.NEAREST)

@@ -86,10 +86,9 @@ def test_distance_from_the_init_rises_with_strength(engine):
     assert all(b > a + 0.5 for a, b in zip(dist, dist[1:])), dist
 
 
-def test_low_strength_keeps_colour_and_position(engine):
-    """Strength 0.3 keeps the init's colour and position. Its shape class is printed, not asserted: at CFG 7 this
-    model redraws edges (circle -> square, triangle -> star by the checker) even at strength 0.1 (measured; see
-    docs/bundled-model.md)."""
+def test_low_strength_keeps_colour_position_and_shape(engine):
+    """Strength 0.3 keeps the init's colour and position (measured 8/8) and mostly its shape class (measured 6/8:
+    the triangle comes back three-armed, a star to the checker; see docs/bundled-model.md)."""
     kept = shapes = total = 0
     for shape, colour, position, background in SCENES:
         init = scene(shape, colour, position, background)
@@ -104,6 +103,7 @@ def test_low_strength_keeps_colour_and_position(engine):
             total += 1
     print(f"strength 0.3: colour and position kept {kept}/{total}, shape class kept {shapes}/{total}")
     assert kept >= total - 1, f"{kept}/{total} kept colour and position"
+    assert shapes >= total - 2, f"{shapes}/{total} kept the shape class"
 
 
 def _position_phrase(position: str) -> str:

@@ -159,23 +159,32 @@ def scores(generate):
     return cfg7, cfg7_half, cfg1
 
 
-def test_prompt_following_as_measured(scores):
-    """What shapes-tiny-v1 does now (measured: CFG 7 colour 90 %, shape 40 %, position 98 %, background 98 %;
-    CFG 1 colour 100 %, shape 56 %), with a margin: a regression guard, not the issue's target."""
-    cfg7, _, cfg1 = scores
-    assert cfg7["colour"] >= 0.85 and cfg7["position"] >= 0.90 and cfg7["background"] >= 0.90
-    assert cfg7["shape"] >= 0.30 and cfg1["shape"] >= 0.40
-    assert cfg1["colour"] >= 0.90
-
-
-@pytest.mark.xfail(strict=True, reason="issue 4 open: at CFG 7 guidance redraws the shapes' edges (shape 40 %, "
-                                       "target 80 %), and CFG 1 already names the colour right (100 %)")
-def test_prompt_following_meets_the_issue_targets(scores):
-    cfg7, cfg7_half, cfg1 = scores
+def test_prompt_following_meets_the_colour_and_position_targets(scores):
+    """Issue 4's colour and position targets at CFG 7 (measured: colour 96 %, position 96 %, background 100 %)."""
+    cfg7, _, _ = scores
     assert cfg7["colour"] >= 0.90
-    assert cfg7["shape"] >= 0.80
     assert cfg7["position"] >= 0.80
+    assert cfg7["background"] >= 0.90
+
+
+def test_guidance_clearly_improves_colour(scores):
+    """CFG 7 beats CFG 1 on colour by a clear margin on the same 24 pairs (measured 96 % vs 62 %): the guidance
+    fine-tune of the recipe calibrates the conditional prediction for guidance, as real SD models are."""
+    _, cfg7_half, cfg1 = scores
     assert cfg7_half["colour"] - cfg1["colour"] >= 0.20, "guidance must clearly improve colour accuracy"
+
+
+def test_shape_as_measured(scores):
+    """What shapes-tiny-v1 does now on shape at CFG 7 (measured 60 %: triangles still come out three-armed, which
+    the checker calls stars), with a margin: a regression guard, not the issue's target."""
+    cfg7, _, _ = scores
+    assert cfg7["shape"] >= 0.50
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 open: shape 60 % at CFG 7, target 80 %")
+def test_shape_meets_the_issue_target(scores):
+    cfg7, _, _ = scores
+    assert cfg7["shape"] >= 0.80
 
 
 def test_negative_prompt_moves_background(generate):

@@ -422,6 +422,37 @@ def pool_batches(n: int, bs: int, steps: int, seed: int):
         pos += bs
 
 
+def noised_latents(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, offset_noise: float,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents drawn from the pool's posteriors (scaled) and their noise. With offset noise (a per-channel constant
+    added to the noise): without it the model reads the background colour off the per-channel mean of the noisy
+    latent (at 16x16 the image mean still leaks through at t=999) instead of from the prompt, and at sampling time
+    the background follows the random mean of the starting noise."""
+    z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
+    noise = torch.randn(z.shape, generator=g)
+    if offset_noise:
+        noise = noise + offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
+    return z, noise
+
+
+def guided_target(noise: torch.Tensor, uncond: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
+    """The guidance fine-tunes' target: for a captioned sample the unconditional prediction moved 1/scale of the
+    way to the noise, so classifier-free guidance overshoots by CFG / scale instead of CFG; for an uncaptioned
+    (dropped) sample the noise itself."""
+    return torch.where(drop[:, None, None, None], noise, uncond + (noise - uncond) / scale)
+
+
+def optimiser_step(opt, loss: torch.Tensor, params: list, ema: EMA | None, step: int, running: float) -> float:
+    """Backward, clip to norm 1, step, update the EMA; returns the running loss for the log."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    if ema is not None:
+        ema.update(step)
+    return 0.98 * running + 0.02 * loss.item() if step else loss.item()
+
+
 def train_unet(args, work: Path, vae):
     tokens = Tokens()
     data_seed = args.seed * 1000 + 2
@@ -445,13 +476,7 @@ def train_unet(args, work: Path, vae):
         ids = tokens(captions)
         drop = torch.rand(bs, generator=g) < args.caption_dropout
         ids[drop] = empty
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
-        noise = torch.randn(z.shape, generator=g)
-        if args.offset_noise:
-            # offset noise: without it the model reads the background colour off the per-channel mean of the noisy
-            # latent (at 16x16 the image mean still leaks through at t=999) instead of from the prompt, and at
-            # sampling time the background follows the random mean of the starting noise
-            noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
+        z, noise = noised_latents(mean, std, idx, args.offset_noise, g)
         t = torch.randint(0, t_hi, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.unet_lr, args.warmup)
@@ -466,12 +491,7 @@ def train_unet(args, work: Path, vae):
             labels = torch.tensor([caption_labels(c) for c in captions])
             aux = aux_text_loss(head, h[keep], ids[keep], labels[keep])
             loss = loss + args.aux_text * aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        running = optimiser_step(opt, loss, params, ema, step, running)
         if step % 50 == 0 or step == steps - 1:
             per_step = (time.time() - t0) / (step + 1)
             log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({per_step:.2f} s/step)"
@@ -520,10 +540,7 @@ def train_cfg(args, work: Path, vae, te, unet):
         captions = [caption_for(int(i), data_seed, epoch + 200) for i in idx]
         drop = torch.rand(bs, generator=g) < args.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
-        noise = torch.randn(z.shape, generator=g)
-        if args.offset_noise:
-            noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
+        z, noise = noised_latents(mean, std, idx, args.offset_noise, g)
         t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
         lr = lr_at(step, steps, args.cfg_lr, 20)
@@ -532,16 +549,11 @@ def train_cfg(args, work: Path, vae, te, unet):
         with torch.no_grad():
             h = te(tokens(captions)).last_hidden_state
             uncond = unet(noisy, t, empty_h.expand(bs, -1, -1)).sample
-            target = torch.where(drop[:, None, None, None], noise, uncond + (noise - uncond) / scale)
+            target = guided_target(noise, uncond, drop, scale)
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
         loss = ((pred - target).pow(2).mean(dim=(1, 2, 3)) * w).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        running = optimiser_step(opt, loss, params, ema, step, running)
         if step % 25 == 0 or step == steps - 1:
             per_step = (time.time() - t0) / (step + 1)
             log(f"cfg step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({per_step:.2f} s/step)")
@@ -589,6 +601,8 @@ def train_controlnet(args, work: Path, vae, te, unet):
     ema = EMA([cn], args.cn_ema) if args.cn_ema else None
     g = torch.Generator().manual_seed(args.seed + 31)
     empty = tokens([""])[0]
+    with torch.no_grad():
+        empty_h = te(empty[None]).last_hidden_state
     bs, steps = args.cn_batch, args.cn_steps
     n_t = sched.config.num_train_timesteps
     t0, running = time.time(), 0.0
@@ -598,10 +612,7 @@ def train_controlnet(args, work: Path, vae, te, unet):
         ids = tokens([caption_for(int(i), data_seed, epoch + 100) for i in idx])
         drop = torch.rand(bs, generator=g) < args.cn_caption_dropout
         ids[drop] = empty
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * SCALING_FACTOR
-        noise = torch.randn(z.shape, generator=g)
-        if args.offset_noise:
-            noise = noise + args.offset_noise * torch.randn(z.shape[0], z.shape[1], 1, 1, generator=g)
+        z, noise = noised_latents(mean, std, idx, args.offset_noise, g)
         # the control decides where the shape goes, which happens at high noise; at low noise the latent
         # already shows it and the control's gradient is nearly nothing
         t = torch.randint(int(args.cn_min_t * n_t), n_t, (bs,), generator=g)
@@ -613,13 +624,11 @@ def train_controlnet(args, work: Path, vae, te, unet):
             h = te(ids).last_hidden_state
             target = noise
             if args.cn_cfg_scale and not drop.all():
-                # as the UNet's guidance fine-tune: a captioned sample's target is the controlled unconditional
-                # prediction moved 1/scale of the way to the noise, so CFG over a controlled pass does not overshoot
-                empty_h = h[drop][:1] if drop.any() else te(tokens([""])).last_hidden_state
+                # as the UNet's guidance fine-tune, over the controlled unconditional prediction
                 eh = empty_h.expand(bs, -1, -1)
                 d0, m0 = cn(noisy, t, eh, controlnet_cond=cond, return_dict=False)
                 uncond = unet(noisy, t, eh, down_block_additional_residuals=d0, mid_block_additional_residual=m0).sample
-                target = torch.where(drop[:, None, None, None], noise, uncond + (noise - uncond) / args.cn_cfg_scale)
+                target = guided_target(noise, uncond, drop, args.cn_cfg_scale)
         down, mid = cn(noisy, t, h, controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, h, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         err = (pred - target).pow(2)
@@ -632,13 +641,7 @@ def train_controlnet(args, work: Path, vae, te, unet):
             loss = (err * weight).mean() / weight.mean()
         else:
             loss = err.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(cn.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            ema.update(step)
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        running = optimiser_step(opt, loss, list(cn.parameters()), ema, step, running)
         if step % 50 == 0 or step == steps - 1:
             log(f"controlnet step {step}/{steps} loss {running:.4f} ({(time.time() - t0) / (step + 1):.2f} s/step)")
     if ema is not None:

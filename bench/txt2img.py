@@ -1,11 +1,13 @@
 """txt2img speed: the studio's engine vs a plain diffusers StableDiffusionPipeline, same weights, settings
-and seed, in one process. Prints seconds per image, it/s and the ratio studio/diffusers.
+and seed, in one process. Prints seconds per image, it/s and the ratio studio/diffusers; with --compile also the
+studio with the setting torch_compile on (its one-off compile time, then its steady speed).
 
-    python bench/txt2img.py [--ckpt PATH] [--steps 20] [--size 128] [--runs 5] [--sampler "Euler a"]
+    python bench/txt2img.py [--ckpt PATH] [--steps 20] [--size 128] [--runs 5] [--compile]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--previews", action="store_true", help="keep the studio's live previews on")
+    ap.add_argument("--compile", action="store_true", help="also measure the studio with torch_compile on")
     args = ap.parse_args()
 
     import torch
@@ -63,6 +66,11 @@ def main() -> None:
     def studio():
         engine.txt2img(req, save=False)
 
+    compiled_req = dataclasses.replace(req, override_settings={**req.override_settings, "torch_compile": True})
+
+    def studio_compiled():
+        engine.txt2img(compiled_req, save=False)
+
     def diffusers_plain():
         sched = pipe.scheduler
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(sched.config)
@@ -85,11 +93,18 @@ def main() -> None:
             out.append(time.perf_counter() - t)
         return out
 
+    first_compiled = None
+    if args.compile:
+        t = time.perf_counter()
+        studio_compiled()
+        first_compiled = time.perf_counter() - t
     # interleave to share any drift in machine load fairly
-    s_times, d_times = [], []
+    s_times, d_times, c_times = [], [], []
     for _ in range(2):
         s_times += timed(studio)
         d_times += timed(diffusers_plain)
+        if args.compile:
+            c_times += timed(studio_compiled)
     s, d = statistics.median(s_times), statistics.median(d_times)
     print(f"model: {model.info.title} ({model.family}), {args.size}x{args.size}, {args.steps} steps, "
           f"Euler a, CFG {args.cfg}, device {device}, dtype {model.placement.dtype}, threads "
@@ -97,6 +112,11 @@ def main() -> None:
     print(f"studio:    {s:.3f} s/image  {args.steps / s:.1f} it/s   (runs: {', '.join(f'{x:.3f}' for x in s_times)})")
     print(f"diffusers: {d:.3f} s/image  {args.steps / d:.1f} it/s   (runs: {', '.join(f'{x:.3f}' for x in d_times)})")
     print(f"ratio studio/diffusers: {s / d:.3f}")
+    if args.compile:
+        c = statistics.median(c_times)
+        print(f"studio, torch_compile on: {c:.3f} s/image  {args.steps / c:.1f} it/s   (first image, compiling: "
+              f"{first_compiled:.1f} s; runs: {', '.join(f'{x:.3f}' for x in c_times)})")
+        print(f"ratio compiled/diffusers: {c / d:.3f}   compiled/studio: {c / s:.3f}")
     engine.jobs.stop()
 
 

@@ -328,6 +328,7 @@ class Engine:
                             [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
         n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
         control = self._control_passes(req, model, init, hires, seeds)
+        unet = self._sampling_unet(model, opts, networks, res)
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -366,11 +367,11 @@ class Engine:
                                                             (req.height, req.width), req.batch_size,
                                                             device.type == "cpu").to(device)
             try:
-                latents = sampling.sample(pipe.unet, plan, latents, timesteps)
+                latents = sampling.sample(unet, plan, latents, timesteps)
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
                                                second.conditioning(sl, n_chunks), sl, opts, preview_every,
-                                               control=control[1])
+                                               control=control[1], unet=unet)
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -439,7 +440,7 @@ class Engine:
 
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
                     latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int,
-                    control: cn_engine.ControlPass | None = None):
+                    control: cn_engine.ControlPass | None = None, unet=None):
         """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
         pipe = model.pipe
         device = model.placement.device
@@ -475,7 +476,18 @@ class Engine:
                 if weight < 1 else None
             plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, None, weight, (hr.height, hr.width), n,
                                                     device.type == "cpu").to(device)
-        return sampling.sample(pipe.unet, plan, start, timesteps)
+        return sampling.sample(unet or pipe.unet, plan, start, timesteps)
+
+    def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult):
+        """The UNet this job samples with: the compiled one where the setting torch_compile asks for it and it can
+        serve (not for a job that applies a LoRA: the compiled graph holds the weights without it)."""
+        if not opts.get("torch_compile"):
+            return model.pipe.unet
+        compiled, why_not = (None, "a LoRA is applied") if networks.items else self.models.compiled_unet(model)
+        if compiled is None:
+            res.notes.append(f"torch.compile not used: {why_not}")
+            return model.pipe.unet
+        return compiled
 
     def _progress_hook(self, job: Job, pipe, every: int, opts: dict, offset: int = 0):
         def hook(i: int, latents: torch.Tensor) -> None:

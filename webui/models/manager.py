@@ -61,6 +61,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     placed: bool = False
     inpainting: bool = False      # 9-channel UNet: takes the mask and the masked image's latents as input
+    compiled_unet: object = None  # torch.compile'd UNet (frozen weights), made on first use; None when not made
 
     @property
     def is_sdxl(self) -> bool:
@@ -284,6 +285,24 @@ class ModelManager:
             pipe.to(p.device)
         model.placed = True
 
+    def compiled_unet(self, model: LoadedModel) -> tuple[torch.nn.Module | None, str]:
+        """``model``'s UNet under torch.compile with inductor's freezing (weights folded into the graph, convolution
+        weights prepacked on a CPU), made on first use, or (None, why not): not with offloading (--medvram/--lowvram),
+        whose hooks move weights between calls, nor without the compiler inductor needs (a C++ compiler on a CPU,
+        triton on a GPU). A frozen graph keeps the weights it was made with, so LoRA adapters cached in the model
+        are unloaded first (a later LoRA job loads its file again), the caller uses the plain UNet for a job that
+        applies a LoRA, and the graph is dropped when the model leaves its device."""
+        if self.placement.offload:
+            return None, "not with --medvram/--lowvram"
+        missing = _compiler_missing(self.placement.device)
+        if missing:
+            return None, missing
+        if lora_lib.loaded_adapters(model.pipe):
+            lora_lib.unload_loras(model.pipe)
+        if model.compiled_unet is None:
+            model.compiled_unet = torch.compile(model.pipe.unet, options={"freezing": True})
+        return model.compiled_unet, ""
+
     def _evict_others_from_device(self, keep: str) -> None:
         if self.placement.device.type == "cpu":
             return
@@ -291,6 +310,7 @@ class ModelManager:
             if name != keep and m.placed:
                 m.pipe.to("cpu")
                 m.placed = False
+                m.compiled_unet = None
         _free_device_memory()
 
     def _trim(self) -> None:
@@ -328,6 +348,19 @@ class ModelManager:
         return {"ram": ram, "cuda": cuda, "loaded": [m.info.title for m in self._cache.values()],
                 "controlnets": self.controlnets.loaded(),
                 "upscalers": [u.title for u in self._upscaler_cache.values()]}
+
+
+def _compiler_missing(device: torch.device) -> str:
+    """Why torch.compile's inductor cannot build kernels for ``device`` here ("" when it can)."""
+    import importlib.util
+    import os
+    import shutil
+    if device.type == "cuda":
+        return "" if importlib.util.find_spec("triton") else "triton is not installed"
+    if device.type != "cpu":
+        return f"not on {device.type}"
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return "" if any(n and shutil.which(n) for n in names) else "no C++ compiler found (inductor needs one)"
 
 
 def _free_device_memory() -> None:

@@ -294,7 +294,7 @@ class ModelManager:
         applies a LoRA, and the graph is dropped when the model leaves its device."""
         if self.placement.offload:
             return None, "not with --medvram/--lowvram"
-        missing = _compiler_missing(self.placement.device)
+        missing = compiler_missing(self.placement.device)
         if missing:
             return None, missing
         if lora_lib.loaded_adapters(model.pipe):
@@ -350,7 +350,7 @@ class ModelManager:
                 "upscalers": [u.title for u in self._upscaler_cache.values()]}
 
 
-def _compiler_missing(device: torch.device) -> str:
+def compiler_missing(device: torch.device) -> str:
     """Why torch.compile's inductor cannot build kernels for ``device`` here ("" when it can)."""
     import importlib.util
     import os

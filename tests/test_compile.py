@@ -38,11 +38,11 @@ def studio(tmp_path_factory):
     engine.jobs.stop()
 
 
-def _run(engine, prompt=PROMPT, compiled=False, seed=42):
+def _run(engine, prompt=PROMPT, compiled=False, seed=42, **fields):
     from webui.core.request import GenerationRequest
     req = GenerationRequest(prompt=prompt, steps=20, cfg_scale=7, width=128, height=128, sampler_name="Euler a",
                             seed=seed, override_settings={"sd_model_checkpoint": CHECKPOINT.name,
-                                                          "torch_compile": compiled})
+                                                          "torch_compile": compiled}, **fields)
     res = engine.txt2img(req, save=False)
     return np.asarray(res.images[0].convert("RGB")).astype(np.int16), res
 
@@ -76,6 +76,14 @@ def test_compiled_unet_draws_the_same_picture_and_is_reused(studio):
     assert np.array_equal(again, compiled)
     other_seed, _ = _run(engine, compiled=True, seed=43)
     assert not np.array_equal(other_seed, compiled)   # the compiled graph follows its inputs
+
+    # hires fix's second pass samples with the same (compiled) UNet; scale 1 keeps the size, so no recompile
+    hires = {"enable_hr": True, "hr_scale": 1.0, "hr_upscaler": "Latent", "denoising_strength": 0.5,
+             "hr_second_pass_steps": 5}
+    plain_hr, _ = _run(engine, **hires)
+    compiled_hr, res = _run(engine, compiled=True, **hires)
+    assert np.abs(plain_hr - compiled_hr).max() <= 3 and not np.array_equal(plain_hr, plain)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
 
 
 def test_a_lora_job_runs_the_plain_unet_and_the_next_job_compiled_again(studio):

@@ -476,7 +476,7 @@ class Engine:
                 if weight < 1 else None
             plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, None, weight, (hr.height, hr.width), n,
                                                     device.type == "cpu").to(device)
-        return sampling.sample(unet or pipe.unet, plan, start, timesteps)
+        return sampling.sample(pipe.unet if unet is None else unet, plan, start, timesteps)
 
     def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult):
         """The UNet this job samples with: the compiled one where the setting torch_compile asks for it and it can

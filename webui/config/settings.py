@@ -64,8 +64,8 @@ def _defs() -> dict[str, Setting]:
                                          minimum=1, maximum=100),
         "show_progress_type": s("Full", "Live preview method", "Live previews", choices=("Full", "Approx cheap")),
         "torch_compile": s(False, "Compile the UNet with torch.compile (about a quarter less time per image on a CPU "
-                           "after a one-off compile of about a minute per image size; not used for jobs with a LoRA)",
-                           "Optimizations"),
+                           "after a one-off compile of one to three minutes per image size; not used for jobs with "
+                           "a LoRA)", "Optimizations"),
         "max_batch_size": s(8, "Largest batch size a request may ask for", "Limits", minimum=1, maximum=64),
         "max_batch_count": s(100, "Largest batch count a request may ask for", "Limits", minimum=1, maximum=10000),
         "xyz_max_cells": s(256, "Largest number of cells an X/Y/Z plot or prompt matrix may have", "Limits",

@@ -97,3 +97,16 @@ def test_settings_tab_shows_saved_values_search_reset_apply(server, data_dir):
     finally:
         httpx.post(server + "/sdapi/v1/options", timeout=30, json={
             k: before[k] for k in ("jpeg_quality", "samples_format", "sd_model_checkpoint", "sd_vae")})
+
+
+@pytest.mark.parametrize("period, expected", [(2, 2), (10, 0), (0, 0), (-1, 0)])
+def test_live_preview_period(engine, period, expected):
+    """show_progress_every_n_steps as A1111 reads it: a preview every N steps (none at the last step, the image
+    itself comes then); -1 ("only after a batch") and 0 make none while sampling."""
+    from webui.core.request import GenerationRequest
+
+    req = GenerationRequest(prompt="a red circle", steps=6, width=64, height=64, seed=1,
+                            override_settings={**SD1, "live_previews_enable": True,
+                                               "show_progress_every_n_steps": period})
+    engine.txt2img(req, save=False)
+    assert engine.jobs.last.progress.preview_id == expected

@@ -60,8 +60,8 @@ def _defs() -> dict[str, Setting]:
         "outdir_init_images": s("outputs/init-images", "Directory for saving init images when using img2img",
                                 "Paths for saving"),
         "live_previews_enable": s(True, "Show live previews of the created image", "Live previews"),
-        "show_progress_every_n_steps": s(10, "Live preview display period (steps)", "Live previews",
-                                         minimum=1, maximum=100),
+        "show_progress_every_n_steps": s(10, "Live preview display period (steps; -1 or 0: no previews while "
+                                         "sampling)", "Live previews", minimum=-1, maximum=100),
         "show_progress_type": s("Full", "Live preview method", "Live previews", choices=("Full", "Approx cheap")),
         "torch_compile": s(False, "Compile the UNet with torch.compile (about a quarter less time per image on a CPU "
                            "after a one-off compile of one to three minutes per image size; not used for jobs with "

@@ -321,7 +321,9 @@ class Engine:
         resize_from = None
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
             resize_from = (req.seed_resize_from_w // scale, req.seed_resize_from_h // scale)
-        preview_every = int(opts.get("show_progress_every_n_steps", 10)) if opts.get("live_previews_enable") else 0
+        # A1111's -1 ("only after a batch") and 0 both mean: no previews while sampling
+        preview_every = max(0, int(opts.get("show_progress_every_n_steps", 10))) \
+            if opts.get("live_previews_enable") else 0
         hr_steps = hires.steps if hires else None
         first = JobPrompts(encoder, prompts, negatives, req.steps)
         second = JobPrompts(encoder, [hr_prompt or p for p in prompts],

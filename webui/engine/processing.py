@@ -373,7 +373,7 @@ class Engine:
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
                                                second.conditioning(sl, n_chunks), sl, opts, preview_every,
-                                               control=control[1], unet=unet)
+                                               unet, control=control[1])
             except sampling.StopSampling:
                 if job.interrupted:
                     res.interrupted = True
@@ -442,8 +442,9 @@ class Engine:
 
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
                     latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int,
-                    control: cn_engine.ControlPass | None = None, unet=None):
-        """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again."""
+                    unet, control: cn_engine.ControlPass | None = None):
+        """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again with ``unet``
+        (the job's: plain or compiled)."""
         pipe = model.pipe
         device = model.placement.device
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -478,7 +479,7 @@ class Engine:
                 if weight < 1 else None
             plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, None, weight, (hr.height, hr.width), n,
                                                     device.type == "cpu").to(device)
-        return sampling.sample(pipe.unet if unet is None else unet, plan, start, timesteps)
+        return sampling.sample(unet, plan, start, timesteps)
 
     def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult):
         """The UNet this job samples with: the compiled one where the setting torch_compile asks for it and it can

@@ -93,11 +93,13 @@ def measured(bundled_engine):
 
 
 def test_control_has_a_measurable_effect(measured):
-    """The shipped ControlNet as measured (IoU 0.18 with control, 0.03 without; 0.16 "ControlNet is more
-    important"): a regression guard while it falls short of the target below."""
+    """The shipped ControlNet as measured (IoU 0.238 with control, 0.029 without; 0.377 "ControlNet is more
+    important"): the "several times more than without" half of the issue's target holds; a regression guard with a
+    margin while the 0.5 below is not met."""
     means, _, _ = measured
-    assert means["full"] >= means["none"] + 0.02
-    assert means["control"] >= means["none"] + 0.04
+    assert means["full"] >= 3 * means["none"]
+    assert means["full"] >= means["none"] + 0.12
+    assert means["control"] >= means["none"] + 0.2
 
 
 def test_control_places_the_shape(measured):
@@ -107,7 +109,7 @@ def test_control_places_the_shape(measured):
     assert placed["full"] == CASES and placed["none"] < CASES
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled ControlNet is under-trained (IoU 0.18, target 0.5)")
+@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled model draws the shapes roughly (IoU 0.24, target 0.5)")
 def test_generated_shape_follows_the_control_edges(measured):
     means, _, _ = measured
     assert means["full"] >= 0.5
@@ -119,15 +121,15 @@ def test_weight_zero_equals_no_control(measured):
     assert all(same)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 4 open: on the edge of the threshold (0.130 vs 0.179 on these 3 cases, "
-                                        "0.140 vs 0.153 over 6): not strict, so a 0.001 change cannot fail the suite")
+@pytest.mark.xfail(strict=False, reason="issue 4 open: weaker, but by less than the threshold (0.211 vs 0.238 on these 3 "
+                                        "cases, 0.207 vs 0.242 over 6): not strict, so a 0.001 change cannot fail the suite")
 def test_stopping_early_weakens_control(measured):
     means, _, _ = measured
     assert means["early_stop"] < means["full"] - 0.05
 
 
 def test_controlnet_more_important_follows_the_map_more(measured):
-    """Measured 0.164 vs 0.146 on these 3 cases; over 6 cases the order does not hold (0.141 vs 0.152) with this
-    ControlNet (nor clearly with the one before it: 0.064 vs 0.061), so this guards the 3 cases, not the model."""
+    """Measured 0.377 vs 0.226 on these 3 cases, 0.287 vs 0.243 over 6 (the ControlNet trained on every noise level;
+    the one before, trained on t >= 300 only, did not keep the order over 6 cases: 0.141 vs 0.152)."""
     means, _, _ = measured
     assert means["control"] > means["prompt"]

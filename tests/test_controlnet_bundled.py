@@ -109,7 +109,7 @@ def test_control_places_the_shape(measured):
     assert placed["full"] == CASES and placed["none"] < CASES
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled model draws the shapes roughly (IoU 0.24, target 0.5)")
+@pytest.mark.xfail(strict=True, reason="issue 4 open: the bundled model draws shapes roughly (IoU 0.24, target 0.5)")
 def test_generated_shape_follows_the_control_edges(measured):
     means, _, _ = measured
     assert means["full"] >= 0.5
@@ -121,8 +121,8 @@ def test_weight_zero_equals_no_control(measured):
     assert all(same)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 4 open: weaker, but by less than the threshold (0.211 vs 0.238 on these 3 "
-                                        "cases, 0.207 vs 0.242 over 6): not strict, so a 0.001 change cannot fail the suite")
+@pytest.mark.xfail(strict=False, reason="issue 4 open: weaker, by less than the threshold (0.211 vs 0.238 on these 3 "
+                                        "cases, 0.207 vs 0.242 over 6): not strict, so 0.001 cannot fail the suite")
 def test_stopping_early_weakens_control(measured):
     means, _, _ = measured
     assert means["early_stop"] < means["full"] - 0.05

@@ -228,6 +228,11 @@ def edge_weights(x: torch.Tensor) -> torch.Tensor:
     return e
 
 
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 + L2 of a decoded image against its target (the VAE stage's and the decoder stage's loss)."""
+    return ((rec - x).abs() * weights).mean() + ((rec - x).pow(2) * weights).mean()
+
+
 def rescale_vae_latents(vae, latents_std: float) -> float:
     """Scale the VAE's latent space by ``a`` so that latents * SCALING_FACTOR have unit std; decoding unchanged."""
     a = (1.0 / SCALING_FACTOR) / latents_std
@@ -283,8 +288,7 @@ def train_vae(args, work: Path):
         z = post.sample(generator=g)
         rec = vae.decode(z).sample
         # edges count more: most pixels are flat and easy, while the shape class lives in the outline
-        w = 1.0 + args.vae_edge_weight * edge_weights(x)
-        rec_loss = ((rec - x).abs() * w).mean() + ((rec - x).pow(2) * w).mean()
+        rec_loss = reconstruction_loss(rec, x, 1.0 + args.vae_edge_weight * edge_weights(x))
         kl = post.kl().mean() / z[0].numel()
         loss = rec_loss + args.vae_kl * kl
         if args.vae_align:
@@ -369,8 +373,7 @@ def train_decoder(args, work: Path, vae):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=g)
         rec = vae.decode(z).sample
-        w = (1.0 + args.vae_edge_weight * edge_weights(x)) * ring
-        loss = ((rec - x).abs() * w).mean() + ((rec - x).pow(2) * w).mean()
+        loss = reconstruction_loss(rec, x, (1.0 + args.vae_edge_weight * edge_weights(x)) * ring)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

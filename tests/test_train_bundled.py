@@ -38,3 +38,32 @@ def test_border_weights():
     assert float(w[3:13, 3:13].min()) == float(w[3:13, 3:13].max()) == 1.0
     assert float(w[0, 8]) == float(w[2, 8]) == float(w[8, 15]) == float(w[13, 13]) == 11.0
     assert int((w > 1).sum()) == 16 * 16 - 10 * 10
+
+
+def test_pool_masks_cover_the_shapes_at_latent_resolution():
+    tb = load_tool("train_bundled")
+    ds = load_tool("shapes_dataset")
+    masks = tb.pool_masks(8, 3)
+    assert masks.shape == (8, 1, 16, 16)
+    assert float(masks.min()) == 0.0 and float(masks.max()) == 1.0
+    for i in range(8):
+        s = ds.sample(i, 3)
+        for sh in s.shapes:  # each shape's centre latent is inside the mask, a corner far from every shape is not
+            assert float(masks[i, 0, int(sh.cy) // 8, int(sh.cx) // 8]) > 0.9
+        far = [(y, x) for y in (0, 15) for x in (0, 15)
+               if all(np.hypot(y * 8 + 4 - sh.cy, x * 8 + 4 - sh.cx) > 1.2 * sh.radius + 18 for sh in s.shapes)]
+        assert far and all(float(masks[i, 0, y, x]) == 0.0 for y, x in far)
+
+
+def test_pixel_mse_weights_the_shapes_latents():
+    tb = load_tool("train_bundled")
+    pred, target = torch.zeros(2, 4, 16, 16), torch.zeros(2, 4, 16, 16)
+    fg = torch.zeros(2, 1, 16, 16)
+    fg[:, :, 6:9, 6:9] = 1.0
+    pred[0, :, 7, 7] = 1.0  # sample 0: an error on the shape
+    pred[1, :, 0, 0] = 1.0  # sample 1: the same error on the background
+    plain = tb.pixel_mse(pred, target, fg, 0.0)
+    assert torch.allclose(plain, (pred - target).pow(2).mean(dim=(1, 2, 3)))
+    weighted = tb.pixel_mse(pred, target, fg, 4.0)
+    assert float(weighted[0]) > 4 * float(weighted[1])
+    assert torch.allclose(tb.pixel_mse(pred, target, None, 4.0), plain)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -223,6 +223,12 @@ def batch(indices, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Images (N x 128 x 128 x 3 uint8) and captions for a list of indices."""
     samples = [sample(int(i), seed) for i in indices]
     return np.stack([s.image for s in samples]), [s.caption for s in samples]
+
+
+def shape_mask(s: Sample) -> np.ndarray:
+    """Coverage of the sample's shapes (HxW float32 in [0, 1], anti-aliased edges fractional)."""
+    white = [replace(sh, rgb=(255, 255, 255)) for sh in s.shapes]
+    return render((0, 0, 0), white)[:, :, 0].astype(np.float32) / 255.0
 
 
 def canny_map(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:

@@ -418,6 +418,27 @@ def encode_pool(vae, n: int, seed: int, work: Path) -> tuple[torch.Tensor, torch
     return mean, std
 
 
+def pool_masks(n: int, seed: int, latent: int = IMAGE_SIZE // 8) -> torch.Tensor:
+    """Shape coverage of pool images 0..n-1 at latent resolution (N x 1 x latent x latent), grown by one latent
+    pixel so that the latents around a shape's edge count as the shape's."""
+    import cv2
+
+    masks = [cv2.resize(ds.shape_mask(ds.sample(i, seed)), (latent, latent), interpolation=cv2.INTER_AREA)
+             for i in range(n)]
+    m = torch.from_numpy(np.stack(masks))[:, None]
+    return torch.nn.functional.max_pool2d(m, 3, stride=1, padding=1)
+
+
+def pixel_mse(pred: torch.Tensor, target: torch.Tensor, fg: torch.Tensor | None, extra: float) -> torch.Tensor:
+    """Per-sample squared error; with ``extra`` > 0 a weighted mean where the shapes' latents weigh 1 + extra, so a
+    small shape (a few of the 256 latents) is not drowned by its flat background."""
+    err = (pred - target).pow(2)
+    if fg is None or not extra:
+        return err.mean(dim=(1, 2, 3))
+    w = 1 + extra * fg
+    return (err * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+
+
 # ------------------------------------------------------------------------------------------------- text + unet
 def make_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -528,6 +549,7 @@ def train_unet(args, work: Path, vae):
     g = torch.Generator().manual_seed(args.seed + 21)
     empty = tokens([""])[0]
     bs, steps = args.unet_batch, args.unet_steps
+    fg = pool_masks(args.pool, data_seed) if args.unet_fg_weight else None
     t_hi = max(1, round(args.unet_max_t * sched.config.num_train_timesteps))
     t0, running = time.time(), 0.0
     for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 22)):
@@ -544,7 +566,7 @@ def train_unet(args, work: Path, vae):
         h = te(ids).last_hidden_state
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
-        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * w).mean()
+        loss = (pixel_mse(pred, noise, None if fg is None else fg[idx], args.unet_fg_weight) * w).mean()
         if args.aux_text:
             keep = ~drop
             labels = torch.tensor([caption_labels(c) for c in captions])
@@ -594,6 +616,7 @@ def train_cfg(args, work: Path, vae, te, unet):
     with torch.no_grad():
         empty_h = te(tokens([""])).last_hidden_state
     bs, steps, scale = args.cfg_batch, args.cfg_steps, args.cfg_scale
+    fg = pool_masks(args.pool, data_seed) if args.cfg_fg_weight else None
     t0, running = time.time(), 0.0
     for step, (epoch, idx) in enumerate(pool_batches(args.pool, bs, steps, args.seed + 42)):
         captions = [caption_for(int(i), data_seed, epoch + 200) for i in idx]
@@ -611,7 +634,7 @@ def train_cfg(args, work: Path, vae, te, unet):
             target = guided_target(noise, uncond, drop, scale)
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
-        loss = ((pred - target).pow(2).mean(dim=(1, 2, 3)) * w).mean()
+        loss = (pixel_mse(pred, target, None if fg is None else fg[idx], args.cfg_fg_weight) * w).mean()
         running = optimiser_step(opt, loss, params, ema, step, running)
         if step % 25 == 0 or step == steps - 1:
             per_step = (time.time() - t0) / (step + 1)
@@ -923,6 +946,8 @@ def parse_args(argv=None):
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--unet-resume", action="store_true", help="(experiments) start from the work dir's UNet")
     ap.add_argument("--unet-max-t", type=float, default=1.0, help="(experiments) train the UNet on t < this fraction")
+    ap.add_argument("--unet-fg-weight", type=float, default=0.0,
+                    help="extra loss weight on the shapes' latents in the UNet stage (0: plain mean)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)
@@ -935,6 +960,8 @@ def parse_args(argv=None):
     ap.add_argument("--cfg-batch", type=int, default=32)
     ap.add_argument("--cfg-lr", type=float, default=3e-4)
     ap.add_argument("--cfg-ema", type=float, default=0.99)
+    ap.add_argument("--cfg-fg-weight", type=float, default=0.0,
+                    help="extra loss weight on the shapes' latents in the guidance fine-tune (0: plain mean)")
     ap.add_argument("--cn-steps", type=int, default=800)
     ap.add_argument("--cn-batch", type=int, default=16)
     ap.add_argument("--cn-lr", type=float, default=4e-3)

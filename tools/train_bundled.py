@@ -25,7 +25,7 @@ Stages (each writes a diffusers-format folder under --work, so a later stage can
 Everything is seeded and the step counts are fixed, so with the same ``--threads`` (and torch build) it re-trains
 bit-for-bit::
 
-    OMP_NUM_THREADS=1 python tools/train_bundled.py --threads 1
+    OMP_NUM_THREADS=2 python tools/train_bundled.py   # --threads 2, the default, made the shipped files
 
 Arguments let exploratory runs be short (``--vae-steps 200 --unet-steps 100 ...``) and print accuracies measured with
 the classical checker (``--eval``).
@@ -600,7 +600,8 @@ def train_cfg(args, work: Path, vae, te, unet):
     so classifier-free guidance overshoots the data by CFG / scale instead of CFG; uncaptioned samples keep the plain
     target. Without it, CFG 7 redraws the shapes' edges (arms on triangles, corners on circles) that CFG 1 draws
     cleanly. Calibrating for the full 7 lost the position (it rides on differences too small to learn seven times
-    smaller); 3 keeps it."""
+    smaller); 3 keeps it. With --cfg-fg-weight the shapes' latents weigh more in the loss (an experiment, not in the
+    recipe: docs/bundled-model.md, "What has been tried")."""
     tokens = Tokens()
     data_seed = args.seed * 1000 + 2
     mean, std = encode_pool(vae, args.pool, data_seed, work)
@@ -873,7 +874,7 @@ def _metadata() -> dict[str, str]:
         "modelspec.resolution": f"{IMAGE_SIZE}x{IMAGE_SIZE}",
         "shapes_tiny.configs": json.dumps({"unet": UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": TEXT_CONFIG,
                                            "scheduler": SCHEDULER_CONFIG}),
-        "shapes_tiny.retrain": "python tools/train_bundled.py --threads 1",
+        "shapes_tiny.retrain": "OMP_NUM_THREADS=2 python tools/train_bundled.py",
     }
 
 
@@ -947,7 +948,7 @@ def parse_args(argv=None):
     ap.add_argument("--unet-resume", action="store_true", help="(experiments) start from the work dir's UNet")
     ap.add_argument("--unet-max-t", type=float, default=1.0, help="(experiments) train the UNet on t < this fraction")
     ap.add_argument("--unet-fg-weight", type=float, default=0.0,
-                    help="extra loss weight on the shapes' latents in the UNet stage (0: plain mean)")
+                    help="(experiments) extra loss weight on the shapes' latents in the UNet stage (0: plain mean)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)
@@ -961,7 +962,7 @@ def parse_args(argv=None):
     ap.add_argument("--cfg-lr", type=float, default=3e-4)
     ap.add_argument("--cfg-ema", type=float, default=0.99)
     ap.add_argument("--cfg-fg-weight", type=float, default=0.0,
-                    help="extra loss weight on the shapes' latents in the guidance fine-tune (0: plain mean)")
+                    help="(experiments) extra loss weight on the shapes' latents in the guidance fine-tune")
     ap.add_argument("--cn-steps", type=int, default=800)
     ap.add_argument("--cn-batch", type=int, default=16)
     ap.add_argument("--cn-lr", type=float, default=4e-3)

@@ -1,7 +1,7 @@
 """Start the studio, or run its tests, preparing the environment first.
 
-    python launch.py          # prepare .venv if needed, then serve the UI + API on 127.0.0.1:7860
-    python launch.py --test   # the same preparation, then the whole test suite (pytest)
+    python3 launch.py         # prepare .venv if needed, then serve the UI + API on 127.0.0.1:7860
+    python3 launch.py --test  # the same preparation, then the whole test suite (pytest)
 
 Preparation: when this interpreter already has everything in requirements.txt it is used as it is;
 otherwise a virtual environment .venv is created (sharing an already-installed torch) and filled.

@@ -67,3 +67,26 @@ def test_pixel_mse_weights_the_shapes_latents():
     weighted = tb.pixel_mse(pred, target, fg, 4.0)
     assert float(weighted[0]) > 4 * float(weighted[1])
     assert torch.allclose(tb.pixel_mse(pred, target, None, 4.0), plain)
+
+
+def test_unet_more_stage_continues_the_saved_pair(tmp_path):
+    """The second cycle starts from the text encoder and UNet the ``unet`` stage saved (not from a fresh init),
+    trains both, and saves them back for the later stages."""
+    tb = load_tool("train_bundled")
+    args = tb.parse_args(["--work", str(tmp_path), "--pool", "8", "--unet-batch", "2", "--unet-steps", "1",
+                          "--more-steps", "2", "--warmup", "1", "--more-warmup", "1"])
+    torch.manual_seed(0)
+    vae = tb.make_vae().eval()
+    tb.train_unet(args, tmp_path, vae)
+    saved_te, saved_unet = tb.load_text_unet(tmp_path)
+    fresh_unet = tb.make_unet()
+
+    te, unet = tb.train_unet(args, tmp_path, vae, more=True)
+
+    def distance(a, b) -> float:
+        return sum(float((p - q).abs().sum()) for p, q in zip(a.parameters(), b.parameters()))
+
+    assert 0 < distance(unet, saved_unet) < 0.1 * distance(fresh_unet, saved_unet)   # measured 0.018
+    assert distance(te, saved_te) > 0
+    reloaded_te, reloaded_unet = tb.load_text_unet(tmp_path)
+    assert distance(reloaded_unet, unet) == 0 and distance(reloaded_te, te) == 0

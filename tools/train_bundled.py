@@ -1,6 +1,6 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
-An SD1.x-family model, small enough to train on a 2-core CPU in about 86 minutes and to generate a 128x128 image in
+An SD1.x-family model, small enough to train on a 2-core CPU in about 107 minutes and to generate a 128x128 image in
 under 2 seconds there (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
@@ -14,6 +14,7 @@ Stages (each writes a diffusers-format folder under --work, so a later stage can
    ``latents * 0.18215`` has unit standard deviation (mean/logvar outputs of quant_conv scaled, post_quant_conv input
    weights divided: decoded images unchanged).
 2. ``unet``: the text encoder and the UNet together, on a pool of encoded images with freshly worded captions.
+   ``unet-more``: a second learning-rate cycle for both (their loss was still falling when the first one ended).
 3. ``cfg``: a guidance-aware fine-tune of the UNet (its target: the unconditional prediction moved part of the way to
    the noise, so that CFG does not overshoot).
 4. ``decoder``: the VAE's decoder alone, on whole images with the border weighted; the encoder, and so the latents
@@ -533,22 +534,28 @@ def optimiser_step(opt, loss: torch.Tensor, params: list, ema: EMA | None, step:
     return 0.98 * running + 0.02 * loss.item() if step else loss.item()
 
 
-def train_unet(args, work: Path, vae):
+def train_unet(args, work: Path, vae, more: bool = False):
+    """The text encoder and the UNet together, from scratch. With ``more`` (the ``unet-more`` stage) they continue
+    from the work dir's saved pair for --more-steps at --more-lr: a second cosine cycle with a fresh optimiser and
+    no auxiliary caption loss (its head would start untrained and pull the trained text encoder about)."""
     tokens = Tokens()
     data_seed = args.seed * 1000 + 2
     mean, std = encode_pool(vae, args.pool, data_seed, work)
     torch.manual_seed(args.seed + 20)
-    te, unet = load_text_unet(work) if args.unet_resume else (make_text_encoder(), make_unet())
+    resume = more or args.unet_resume
+    te, unet = load_text_unet(work) if resume else (make_text_encoder(), make_unet())
+    steps, base_lr = (args.more_steps, args.more_lr) if more else (args.unet_steps, args.unet_lr)
+    warmup, aux_weight = (args.more_warmup, 0.0) if more else (args.warmup, args.aux_text)
     te.train()
     unet.train()
     sched = make_scheduler()
     head = torch.nn.Linear(TEXT_CONFIG["hidden_size"], sum(n for _, n in AUX_HEADS))
     params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params + list(head.parameters()), lr=args.unet_lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params + list(head.parameters()), lr=base_lr, weight_decay=1e-2)
     ema = EMA([te, unet], args.ema)
     g = torch.Generator().manual_seed(args.seed + 21)
     empty = tokens([""])[0]
-    bs, steps = args.unet_batch, args.unet_steps
+    bs = args.unet_batch
     fg = pool_masks(args.pool, data_seed) if args.unet_fg_weight else None
     t_hi = max(1, round(args.unet_max_t * sched.config.num_train_timesteps))
     t0, running = time.time(), 0.0
@@ -560,23 +567,23 @@ def train_unet(args, work: Path, vae):
         z, noise = noised_latents(mean, std, idx, args.offset_noise, g)
         t = torch.randint(0, t_hi, (bs,), generator=g)
         noisy = sched.add_noise(z, noise, t)
-        lr = lr_at(step, steps, args.unet_lr, args.warmup)
+        lr = lr_at(step, steps, base_lr, warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         h = te(ids).last_hidden_state
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
         loss = (pixel_mse(pred, noise, None if fg is None else fg[idx], args.unet_fg_weight) * w).mean()
-        if args.aux_text:
+        if aux_weight:
             keep = ~drop
             labels = torch.tensor([caption_labels(c) for c in captions])
             aux = aux_text_loss(head, h[keep], ids[keep], labels[keep])
-            loss = loss + args.aux_text * aux
+            loss = loss + aux_weight * aux
         running = optimiser_step(opt, loss, params, ema, step, running)
         if step % 50 == 0 or step == steps - 1:
             per_step = (time.time() - t0) / (step + 1)
-            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({per_step:.2f} s/step)"
-                + (f" aux {aux.item():.3f}" if args.aux_text else ""))
+            log(f"{'unet-more' if more else 'unet'} step {step}/{steps} loss {running:.4f} lr {lr:.2e} "
+                f"({per_step:.2f} s/step)" + (f" aux {aux.item():.3f}" if aux_weight else ""))
         if args.eval and args.eval_every and step and step % args.eval_every == 0:
             state = [p.detach().clone() for p in params]
             ema.copy_to()
@@ -923,7 +930,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (bit-for-bit needs the same value)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "train_bundled")
-    ap.add_argument("--stages", default="vae,unet,cfg,decoder,controlnet,export")
+    ap.add_argument("--stages", default="vae,unet,unet-more,cfg,decoder,controlnet,export")
     ap.add_argument("--vae-steps", type=int, default=300)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-crop", type=int, default=64)
@@ -949,6 +956,9 @@ def parse_args(argv=None):
     ap.add_argument("--unet-max-t", type=float, default=1.0, help="(experiments) train the UNet on t < this fraction")
     ap.add_argument("--unet-fg-weight", type=float, default=0.0,
                     help="(experiments) extra loss weight on the shapes' latents in the UNet stage (0: plain mean)")
+    ap.add_argument("--more-steps", type=int, default=800, help="steps of the unet-more stage (second cycle)")
+    ap.add_argument("--more-lr", type=float, default=5e-4)
+    ap.add_argument("--more-warmup", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)
@@ -997,7 +1007,10 @@ def main(argv=None):
     if "unet" in stages:
         te, unet = train_unet(args, args.work, vae)
         log(f"text encoder + unet done at {time.time() - t_start:.0f} s")
-    elif stages & {"cfg", "controlnet", "export", "eval"}:
+    if "unet-more" in stages and args.more_steps:
+        te, unet = train_unet(args, args.work, vae, more=True)
+        log(f"text encoder + unet, second cycle, done at {time.time() - t_start:.0f} s")
+    if te is None and stages & {"cfg", "controlnet", "export", "eval"}:
         te, unet = load_text_unet(args.work)
     if "cfg" in stages and args.cfg_steps:
         te, unet = train_cfg(args, args.work, vae, te, unet)

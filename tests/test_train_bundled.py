@@ -3,6 +3,7 @@ UNet, its encoded pool and the ControlNet were trained on stays exactly as it wa
 them, and the shipped UNet and ControlNet stay the same files)."""
 from __future__ import annotations
 
+import shutil
 import numpy as np
 import torch
 from tool_modules import load_tool
@@ -90,3 +91,31 @@ def test_unet_more_stage_continues_the_saved_pair(tmp_path):
     assert distance(te, saved_te) > 0
     reloaded_te, reloaded_unet = tb.load_text_unet(tmp_path)
     assert distance(reloaded_unet, unet) == 0 and distance(reloaded_te, te) == 0
+
+
+
+def test_more_cycles_equal_running_the_stage_again(tmp_path):
+    """``--more-cycles 2`` in one process gives the same text encoder and UNet, bit for bit, as running the
+    ``unet-more`` stage twice (how the shipped third cycle was first measured): each cycle reloads and re-seeds."""
+    tb = load_tool("train_bundled")
+    small = ["--pool", "8", "--unet-batch", "2", "--unet-steps", "1", "--more-steps", "2", "--warmup", "1",
+             "--more-warmup", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    torch.manual_seed(0)
+    tb.make_vae().eval().save_pretrained(one / "vae", safe_serialization=True)
+    tb.train_unet(tb.parse_args(["--work", str(one), *small]), one, tb.load_vae(one))
+    shutil.copytree(one, two)
+    _, start_unet = tb.load_text_unet(one)
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        tb.main(["--work", str(one), "--stages", "unet-more", "--more-cycles", "2", *small])
+        for _ in range(2):
+            tb.main(["--work", str(two), "--stages", "unet-more", "--more-cycles", "1", *small])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+    (te1, unet1), (te2, unet2) = tb.load_text_unet(one), tb.load_text_unet(two)
+    for a, b in ((te1, te2), (unet1, unet2)):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(unet1.parameters(), start_unet.parameters()))

@@ -959,6 +959,8 @@ def parse_args(argv=None):
     ap.add_argument("--more-steps", type=int, default=800, help="steps of the unet-more stage (second cycle)")
     ap.add_argument("--more-lr", type=float, default=5e-4)
     ap.add_argument("--more-warmup", type=int, default=50)
+    ap.add_argument("--more-cycles", type=int, default=1,
+                    help="how many times the unet-more stage runs, each continuing the pair the last one saved")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
     ap.add_argument("--high-noise-cap", type=float, default=5.0)
@@ -1007,9 +1009,10 @@ def main(argv=None):
     if "unet" in stages:
         te, unet = train_unet(args, args.work, vae)
         log(f"text encoder + unet done at {time.time() - t_start:.0f} s")
-    if "unet-more" in stages and args.more_steps:
+    for cycle in range(args.more_cycles if "unet-more" in stages and args.more_steps else 0):
+        # each cycle reloads the pair the last one saved and re-seeds: the same as running the stage again
         te, unet = train_unet(args, args.work, vae, more=True)
-        log(f"text encoder + unet, second cycle, done at {time.time() - t_start:.0f} s")
+        log(f"text encoder + unet, cycle {cycle + 2}, done at {time.time() - t_start:.0f} s")
     if te is None and stages & {"cfg", "controlnet", "export", "eval"}:
         te, unet = load_text_unet(args.work)
     if "cfg" in stages and args.cfg_steps:

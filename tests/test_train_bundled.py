@@ -4,6 +4,7 @@ them, and the shipped UNet and ControlNet stay the same files)."""
 from __future__ import annotations
 
 import shutil
+
 import numpy as np
 import torch
 from tool_modules import load_tool

@@ -148,42 +148,34 @@ def _rates(hits) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def scores(generate):
-    """CFG 7 on all 48 pairs; CFG 1 on every other pair (24: every colour, shape and position), compared with
-    CFG 7 on the same 24."""
+    """CFG 7 and CFG 1 on all 48 pairs (on 24 of them, one pair was worth 4 points of the guidance margin: it read
+    21 points there against 31 over the 48)."""
     cases = prompt_cases()
-    h7 = _hits(generate, 7.0, cases)
-    h1 = _hits(generate, 1.0, cases[::2])
-    cfg7, cfg7_half, cfg1 = _rates(h7), _rates(h7[::2]), _rates(h1)
-    for name, r in (("CFG 7, 48 pairs", cfg7), ("CFG 7, the 24 of CFG 1", cfg7_half), ("CFG 1, 24 pairs", cfg1)):
+    cfg7, cfg1 = _rates(_hits(generate, 7.0, cases)), _rates(_hits(generate, 1.0, cases))
+    for name, r in (("CFG 7, 48 pairs", cfg7), ("CFG 1, 48 pairs", cfg1)):
         print(f"\n[bundled] {name}: " + ", ".join(f"{k} {v:.0%}" for k, v in r.items()))
-    return cfg7, cfg7_half, cfg1
+    return cfg7, cfg1
 
 
 def test_prompt_following_meets_the_colour_and_position_targets(scores):
-    """Issue 4's colour and position targets at CFG 7 (measured: colour 98 %, position 94 %, background 100 %)."""
-    cfg7, _, _ = scores
+    """Issue 4's colour and position targets at CFG 7 (measured: colour 98 %, position 98 %, background 100 %)."""
+    cfg7, _ = scores
     assert cfg7["colour"] >= 0.90
     assert cfg7["position"] >= 0.80
     assert cfg7["background"] >= 0.90
 
 
 def test_guidance_clearly_improves_colour(scores):
-    """CFG 7 beats CFG 1 on colour by a clear margin on the same 24 pairs (measured 96 % vs 71 %): the guidance
-    fine-tune of the recipe calibrates the conditional prediction for guidance, as real SD models are."""
-    _, cfg7_half, cfg1 = scores
-    assert cfg7_half["colour"] - cfg1["colour"] >= 0.20, "guidance must clearly improve colour accuracy"
+    """CFG 7 beats CFG 1 on colour by a clear margin on the same 48 pairs: the guidance fine-tune of the recipe
+    calibrates the conditional prediction for guidance, as real SD models are."""
+    cfg7, cfg1 = scores
+    assert cfg7["colour"] - cfg1["colour"] >= 0.20, "guidance must clearly improve colour accuracy"
 
 
-def test_shape_as_measured(scores):
-    """What shapes-tiny-v1 does now on shape at CFG 7 (measured 58 %: triangles still often come out three-armed, which
-    the checker calls stars), with a margin: a regression guard, not the issue's target."""
-    cfg7, _, _ = scores
-    assert cfg7["shape"] >= 0.50
-
-
-@pytest.mark.xfail(strict=True, reason="issue 4 open: shape 58 % at CFG 7, target 80 %")
 def test_shape_meets_the_issue_target(scores):
-    cfg7, _, _ = scores
+    """Issue 4's shape target at CFG 7 (measured 81 %, 39 of 48; 37 of 48 on 48 other pairs: docs/bundled-model.md).
+    The misses are mostly triangles that come out three-armed, which the checker calls stars."""
+    cfg7, _ = scores
     assert cfg7["shape"] >= 0.80
 
 

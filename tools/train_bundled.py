@@ -1,7 +1,8 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
-An SD1.x-family model, small enough to train on a 2-core CPU in about 107 minutes and to generate a 128x128 image in
-under 2 seconds there (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
+An SD1.x-family model, small enough to train on a 2-core CPU in about 48 minutes (this project's current machines;
+about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under half a second
+there (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
 <|endoftext|>) and a UNet2DConditionModel with cross-attention (scaled-linear betas 0.00085..0.012 over 1,000 steps,
@@ -14,7 +15,8 @@ Stages (each writes a diffusers-format folder under --work, so a later stage can
    ``latents * 0.18215`` has unit standard deviation (mean/logvar outputs of quant_conv scaled, post_quant_conv input
    weights divided: decoded images unchanged).
 2. ``unet``: the text encoder and the UNet together, on a pool of encoded images with freshly worded captions.
-   ``unet-more``: a second learning-rate cycle for both (their loss was still falling when the first one ended).
+   ``unet-more``: four more learning-rate cycles for both (--more-cycles; their loss was still falling when each
+   one ended).
 3. ``cfg``: a guidance-aware fine-tune of the UNet (its target: the unconditional prediction moved part of the way to
    the noise, so that CFG does not overshoot).
 4. ``decoder``: the VAE's decoder alone, on whole images with the border weighted; the encoder, and so the latents
@@ -23,8 +25,8 @@ Stages (each writes a diffusers-format folder under --work, so a later stage can
 6. ``export``: ONE single-file checkpoint in the A1111/CompVis layout (fp16) into models/Stable-diffusion/ and the
    ControlNet in the lllyasviel layout (``control_model.*``) into models/ControlNet/.
 
-Everything is seeded and the step counts are fixed, so with the same ``--threads`` (and torch build) it re-trains
-bit-for-bit::
+Everything is seeded and the step counts are fixed, so with the same ``--threads``, torch build and kind of CPU it
+re-trains bit-for-bit (another CPU's kernels round differently: the files differ, the quality is alike)::
 
     OMP_NUM_THREADS=2 python tools/train_bundled.py   # --threads 2, the default, made the shipped files
 
@@ -959,7 +961,7 @@ def parse_args(argv=None):
     ap.add_argument("--more-steps", type=int, default=800, help="steps of the unet-more stage (second cycle)")
     ap.add_argument("--more-lr", type=float, default=5e-4)
     ap.add_argument("--more-warmup", type=int, default=50)
-    ap.add_argument("--more-cycles", type=int, default=1,
+    ap.add_argument("--more-cycles", type=int, default=4,
                     help="how many times the unet-more stage runs, each continuing the pair the last one saved")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--snr-gamma", type=float, default=5.0)
@@ -975,7 +977,7 @@ def parse_args(argv=None):
     ap.add_argument("--cfg-ema", type=float, default=0.99)
     ap.add_argument("--cfg-fg-weight", type=float, default=0.0,
                     help="(experiments) extra loss weight on the shapes' latents in the guidance fine-tune")
-    ap.add_argument("--cn-steps", type=int, default=800)
+    ap.add_argument("--cn-steps", type=int, default=1600)
     ap.add_argument("--cn-batch", type=int, default=16)
     ap.add_argument("--cn-lr", type=float, default=4e-3)
     ap.add_argument("--cn-caption-dropout", type=float, default=0.5)

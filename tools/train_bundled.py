@@ -1,8 +1,8 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
-An SD1.x-family model, small enough to train on a 2-core CPU in about 48 minutes (this project's current machines;
-about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under half a second
-there (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
+An SD1.x-family model, small enough to train on a 2-core CPU in about 52 minutes (this project's current machines;
+about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under a second
+there (0.74 s) (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
 <|endoftext|>) and a UNet2DConditionModel with cross-attention (scaled-linear betas 0.00085..0.012 over 1,000 steps,

@@ -103,7 +103,7 @@ def test_low_strength_keeps_colour_position_and_shape(engine):
             total += 1
     print(f"strength 0.3: colour and position kept {kept}/{total}, shape class kept {shapes}/{total}")
     assert kept >= total - 1, f"{kept}/{total} kept colour and position"
-    assert shapes >= total - 2, f"{shapes}/{total} kept the shape class"
+    assert shapes >= total - 1, f"{shapes}/{total} kept the shape class"
 
 
 def _position_phrase(position: str) -> str:

@@ -94,7 +94,6 @@ def test_unet_more_stage_continues_the_saved_pair(tmp_path):
     assert distance(reloaded_unet, unet) == 0 and distance(reloaded_te, te) == 0
 
 
-
 def test_more_cycles_equal_running_the_stage_again(tmp_path):
     """``--more-cycles 2`` in one process gives the same text encoder and UNet, bit for bit, as running the
     ``unet-more`` stage twice (how the shipped third cycle was first measured): each cycle reloads and re-seeds."""

@@ -2,7 +2,7 @@
 
 An SD1.x-family model, small enough to train on a 2-core CPU in about 48 minutes (this project's current machines;
 about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under a second
-there (0.74 s) (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
+there, 0.74 s (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
 <|endoftext|>) and a UNet2DConditionModel with cross-attention (scaled-linear betas 0.00085..0.012 over 1,000 steps,
@@ -958,7 +958,7 @@ def parse_args(argv=None):
     ap.add_argument("--unet-max-t", type=float, default=1.0, help="(experiments) train the UNet on t < this fraction")
     ap.add_argument("--unet-fg-weight", type=float, default=0.0,
                     help="(experiments) extra loss weight on the shapes' latents in the UNet stage (0: plain mean)")
-    ap.add_argument("--more-steps", type=int, default=800, help="steps of the unet-more stage (second cycle)")
+    ap.add_argument("--more-steps", type=int, default=800, help="steps of each unet-more cycle")
     ap.add_argument("--more-lr", type=float, default=5e-4)
     ap.add_argument("--more-warmup", type=int, default=50)
     ap.add_argument("--more-cycles", type=int, default=4,

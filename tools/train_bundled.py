@@ -518,7 +518,8 @@ def noised_latents(mean: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, off
     return z, noise
 
 
-def guided_target(noise: torch.Tensor, uncond: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
+def guided_target(noise: torch.Tensor, uncond: torch.Tensor, drop: torch.Tensor,
+                  scale: float | torch.Tensor) -> torch.Tensor:
     """The guidance fine-tunes' target: for a captioned sample the unconditional prediction moved 1/scale of the
     way to the noise, so classifier-free guidance overshoots by CFG / scale instead of CFG; for an uncaptioned
     (dropped) sample the noise itself."""
@@ -641,7 +642,14 @@ def train_cfg(args, work: Path, vae, te, unet):
         with torch.no_grad():
             h = te(tokens(captions)).last_hidden_state
             uncond = unet(noisy, t, empty_h.expand(bs, -1, -1)).sample
-            target = guided_target(noise, uncond, drop, scale)
+            if args.cfg_scale_low:
+                # the low noise levels draw the outline: calibrated for a larger scale there, CFG 7 overshoots
+                # less and draws cleaner edges; the position, decided at high noise, keeps --cfg-scale
+                scale_t = torch.where(t < int(args.cfg_low_t * sched.config.num_train_timesteps),
+                                      args.cfg_scale_low, scale)[:, None, None, None]
+                target = guided_target(noise, uncond, drop, scale_t)
+            else:
+                target = guided_target(noise, uncond, drop, scale)
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
         loss = (pixel_mse(pred, target, None if fg is None else fg[idx], args.cfg_fg_weight) * w).mean()
@@ -679,6 +687,14 @@ def train_controlnet(args, work: Path, vae, te, unet):
     mean, std = encode_pool(vae, args.pool, data_seed, work)
     torch.manual_seed(args.seed + 30)
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_COND_CHANNELS)
+    if args.cn_text_free:
+        # the cross-attention's output projections at zero and frozen: the ControlNet then gives the same residuals
+        # to the prompt's and the empty prompt's passes, and classifier-free guidance cannot amplify their difference
+        for name, module in cn.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                torch.nn.init.zeros_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+                module.requires_grad_(False)
     cn.train()
     for m in (te, unet):
         m.requires_grad_(False)
@@ -687,7 +703,7 @@ def train_controlnet(args, work: Path, vae, te, unet):
     # the zero convolutions (the residuals' outputs) can learn faster than the copied encoder
     zero = [p for n, p in cn.named_parameters() if n.startswith(("controlnet_down_blocks", "controlnet_mid_block"))]
     zero_ids = {id(p) for p in zero}
-    rest = [p for p in cn.parameters() if id(p) not in zero_ids]
+    rest = [p for p in cn.parameters() if id(p) not in zero_ids and p.requires_grad]
     opt = torch.optim.AdamW([{"params": rest, "mult": 1.0}, {"params": zero, "mult": args.cn_zero_lr_mult}],
                             lr=args.cn_lr, weight_decay=1e-2)
     ema = EMA([cn], args.cn_ema) if args.cn_ema else None
@@ -972,6 +988,9 @@ def parse_args(argv=None):
     ap.add_argument("--aux-text", type=float, default=0.2, help="weight of the text encoder's auxiliary loss")
     ap.add_argument("--cfg-steps", type=int, default=400, help="steps of the guidance-aware UNet fine-tune")
     ap.add_argument("--cfg-scale", type=float, default=3.0, help="the CFG scale that fine-tune calibrates for")
+    ap.add_argument("--cfg-scale-low", type=float, default=0.0,
+                    help="the scale calibrated for below --cfg-low-t (0: --cfg-scale at every noise level)")
+    ap.add_argument("--cfg-low-t", type=float, default=0.5, help="noise level (fraction of T) --cfg-scale-low is below")
     ap.add_argument("--cfg-batch", type=int, default=32)
     ap.add_argument("--cfg-lr", type=float, default=3e-4)
     ap.add_argument("--cfg-ema", type=float, default=0.99)
@@ -988,6 +1007,8 @@ def parse_args(argv=None):
                     help="learning-rate multiplier of the zero convolutions")
     ap.add_argument("--cn-cfg-scale", type=float, default=0.0,
                     help="calibrate the ControlNet for guidance as --cfg-scale does the UNet (0: plain target)")
+    ap.add_argument("--cn-text-free", action="store_true",
+                    help="the ControlNet ignores the prompt (its cross-attention outputs fixed at zero)")
     ap.add_argument("--cn-ema", type=float, default=0.0, help="EMA of the ControlNet's weights (0: none)")
     ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
     ap.add_argument("--eval-every", type=int, default=0)

@@ -19,7 +19,7 @@ CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "shapes-tiny-v1.safetensors"
 CONTROLNET = ROOT / "models" / "ControlNet" / "control_shapes-tiny-v1_canny.safetensors"
 pytestmark = pytest.mark.skipif(not (CHECKPOINT.exists() and CONTROLNET.exists()),
                                 reason="the bundled model and its canny ControlNet are not in models/ yet")
-CASES = 3
+CASES = 12  # 3 cases swung the mean by one hard case (0.406 there vs 0.491 over 12 with the shipped files)
 
 
 def _shapes_dataset():
@@ -93,25 +93,24 @@ def measured(bundled_engine):
 
 
 def test_control_has_a_measurable_effect(measured):
-    """The shipped ControlNet as measured (IoU 0.401 with control, 0.143 without; 0.497 "ControlNet is more
-    important"): a regression guard with a margin while the issue's target below is not met. Without control the
-    UNet of five training cycles draws clean shapes that happen to overlap the control's outline (0.143; 0.049 with
-    the two-cycle UNet), so "several times" is 2.8 times now, not the 3 the target asks."""
+    """The shipped ControlNet as measured over the 12 cases: IoU 0.491 with control, 0.124 without (4.0 times),
+    0.495 "ControlNet is more important". The issue's "several times more than without control" holds here; its
+    IoU 0.5 is the strict xfail below."""
     means, _, _ = measured
-    assert means["full"] >= 2.5 * means["none"]
-    assert means["full"] >= means["none"] + 0.12
-    assert means["control"] >= means["none"] + 0.2
+    assert means["full"] >= 3 * means["none"]
+    assert means["full"] >= means["none"] + 0.25
+    assert means["control"] >= means["none"] + 0.25
 
 
 def test_control_places_the_shape(measured):
-    """Where the control draws the shape, the shape goes (3/3 measured, 1/3 without control, where the prompt's
+    """Where the control draws the shape, the shape goes (12/12 measured; 3/12 without control, where the prompt's
     shape lands there by chance): the control works; the edge IoU below is short of the target because the shape's
     outline does not trace the control's closely (issue 4)."""
     _, _, placed = measured
-    assert placed["full"] == CASES and placed["none"] < CASES
+    assert placed["full"] == CASES and placed["none"] <= CASES // 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: IoU 0.40 with control (target 0.5), 2.8x without (target 3x)")
+@pytest.mark.xfail(strict=True, reason="issue 4 open: edge IoU 0.491 with control over 12 cases (target 0.5)")
 def test_generated_shape_follows_the_control_edges(measured):
     means, _, _ = measured
     assert means["full"] >= 0.5
@@ -124,14 +123,14 @@ def test_weight_zero_equals_no_control(measured):
 
 
 def test_stopping_early_weakens_control(measured):
-    """Control for the first 20 % of the steps only: measured 0.305 vs 0.401 on these 3 cases (with the UNet of one
-    training cycle, 0.211 vs 0.238, less than this threshold)."""
+    """Control for the first 20 % of the steps only: measured 0.314 vs 0.491 over the 12 cases (0.305 vs 0.401 on
+    the first 3 with the 1,600-step ControlNet; with the UNet of one training cycle, 0.211 vs 0.238)."""
     means, _, _ = measured
     assert means["early_stop"] < means["full"] - 0.05
 
 
 def test_controlnet_more_important_follows_the_map_more(measured):
-    """Measured 0.497 vs 0.355 on these 3 cases (0.338 vs 0.218 over 6 with the two-cycle UNet; a ControlNet trained
-    on t >= 300 only, before, did not keep the order over 6 cases: 0.141 vs 0.152)."""
+    """Measured 0.495 vs 0.453 over the 12 cases (0.338 vs 0.218 over 6 with the two-cycle UNet; a ControlNet
+    trained on t >= 300 only, before, did not keep the order over 6 cases: 0.141 vs 0.152)."""
     means, _, _ = measured
     assert means["control"] > means["prompt"]

@@ -996,7 +996,7 @@ def parse_args(argv=None):
     ap.add_argument("--cfg-ema", type=float, default=0.99)
     ap.add_argument("--cfg-fg-weight", type=float, default=0.0,
                     help="(experiments) extra loss weight on the shapes' latents in the guidance fine-tune")
-    ap.add_argument("--cn-steps", type=int, default=1600)
+    ap.add_argument("--cn-steps", type=int, default=3200)
     ap.add_argument("--cn-batch", type=int, default=16)
     ap.add_argument("--cn-lr", type=float, default=4e-3)
     ap.add_argument("--cn-caption-dropout", type=float, default=0.5)

@@ -1,6 +1,6 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
-An SD1.x-family model, small enough to train on a 2-core CPU in about 48 minutes (this project's current machines;
+An SD1.x-family model, small enough to train on a 2-core CPU in about 56 minutes (this project's current machines;
 about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under a second
 there, 0.74 s (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP

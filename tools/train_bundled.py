@@ -642,14 +642,13 @@ def train_cfg(args, work: Path, vae, te, unet):
         with torch.no_grad():
             h = te(tokens(captions)).last_hidden_state
             uncond = unet(noisy, t, empty_h.expand(bs, -1, -1)).sample
+            scale_t = scale
             if args.cfg_scale_low:
-                # the low noise levels draw the outline: calibrated for a larger scale there, CFG 7 overshoots
-                # less and draws cleaner edges; the position, decided at high noise, keeps --cfg-scale
+                # (experiment) the low noise levels draw the outline, the high ones the position: a larger scale
+                # below --cfg-low-t draws cleaner shapes at CFG 7 but weakens the ControlNet (docs/bundled-model.md)
                 scale_t = torch.where(t < int(args.cfg_low_t * sched.config.num_train_timesteps),
                                       args.cfg_scale_low, scale)[:, None, None, None]
-                target = guided_target(noise, uncond, drop, scale_t)
-            else:
-                target = guided_target(noise, uncond, drop, scale)
+            target = guided_target(noise, uncond, drop, scale_t)
         pred = unet(noisy, t, h).sample
         w = snr_weights(sched, t, args.snr_gamma, args.high_noise_cap)
         loss = (pixel_mse(pred, target, None if fg is None else fg[idx], args.cfg_fg_weight) * w).mean()
@@ -688,8 +687,8 @@ def train_controlnet(args, work: Path, vae, te, unet):
     torch.manual_seed(args.seed + 30)
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_COND_CHANNELS)
     if args.cn_text_free:
-        # the cross-attention's output projections at zero and frozen: the ControlNet then gives the same residuals
-        # to the prompt's and the empty prompt's passes, and classifier-free guidance cannot amplify their difference
+        # (experiment) the cross-attention's output projections at zero and frozen: the ControlNet gives the same
+        # residuals to the prompt's and the empty prompt's passes, so guidance cannot amplify their difference
         for name, module in cn.named_modules():
             if name.endswith("attn2.to_out.0"):
                 torch.nn.init.zeros_(module.weight)
@@ -989,8 +988,9 @@ def parse_args(argv=None):
     ap.add_argument("--cfg-steps", type=int, default=400, help="steps of the guidance-aware UNet fine-tune")
     ap.add_argument("--cfg-scale", type=float, default=3.0, help="the CFG scale that fine-tune calibrates for")
     ap.add_argument("--cfg-scale-low", type=float, default=0.0,
-                    help="the scale calibrated for below --cfg-low-t (0: --cfg-scale at every noise level)")
-    ap.add_argument("--cfg-low-t", type=float, default=0.5, help="noise level (fraction of T) --cfg-scale-low is below")
+                    help="(experiments) the scale calibrated for below --cfg-low-t (0: --cfg-scale everywhere)")
+    ap.add_argument("--cfg-low-t", type=float, default=0.5,
+                    help="(experiments) the noise level, as a fraction of T, below which --cfg-scale-low applies")
     ap.add_argument("--cfg-batch", type=int, default=32)
     ap.add_argument("--cfg-lr", type=float, default=3e-4)
     ap.add_argument("--cfg-ema", type=float, default=0.99)
@@ -1008,7 +1008,7 @@ def parse_args(argv=None):
     ap.add_argument("--cn-cfg-scale", type=float, default=0.0,
                     help="calibrate the ControlNet for guidance as --cfg-scale does the UNet (0: plain target)")
     ap.add_argument("--cn-text-free", action="store_true",
-                    help="the ControlNet ignores the prompt (its cross-attention outputs fixed at zero)")
+                    help="(experiments) the ControlNet ignores the prompt (its cross-attention outputs fixed at zero)")
     ap.add_argument("--cn-ema", type=float, default=0.0, help="EMA of the ControlNet's weights (0: none)")
     ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
     ap.add_argument("--eval-every", type=int, default=0)

@@ -119,3 +119,43 @@ def test_more_cycles_equal_running_the_stage_again(tmp_path):
     for a, b in ((te1, te2), (unet1, unet2)):
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(unet1.parameters(), start_unet.parameters()))
+
+
+def test_controlnet_cfg_stage_continues_the_saved_controlnet(tmp_path):
+    """The ControlNet's guidance fine-tune starts from the ControlNet the ``controlnet`` stage saved, trains it
+    alone (text encoder and UNet untouched) and saves it back for ``export``; one process running both stages gives
+    the same bytes as running them one after the other."""
+    tb = load_tool("train_bundled")
+    small = ["--pool", "8", "--unet-batch", "2", "--unet-steps", "1", "--warmup", "1", "--cn-batch", "2",
+             "--cn-steps", "2", "--cn-cfg-steps", "2"]
+    one, two, marked = tmp_path / "one", tmp_path / "two", tmp_path / "marked"
+    torch.manual_seed(0)
+    tb.make_vae().eval().save_pretrained(one / "vae", safe_serialization=True)
+    tb.train_unet(tb.parse_args(["--work", str(one), *small]), one, tb.load_vae(one))
+    shutil.copytree(one, two)
+    te0, unet0 = tb.load_text_unet(one)
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        tb.main(["--work", str(one), "--stages", "controlnet", *small])
+        plain = tb.load_controlnet(one)
+        shutil.copytree(one, marked)
+        mark = plain.state_dict()["controlnet_mid_block.weight"].clone()
+        marker = tb.load_controlnet(marked)
+        marker.controlnet_mid_block.weight.data.fill_(0.5)   # a zero convolution: 0 in a fresh ControlNet
+        marker.save_pretrained(marked / "controlnet", safe_serialization=True)
+        tb.main(["--work", str(marked), "--stages", "controlnet-cfg", *small])
+        tb.main(["--work", str(one), "--stages", "controlnet-cfg", *small])
+        tb.main(["--work", str(two), "--stages", "controlnet,controlnet-cfg", *small])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+    tuned, tuned_two = tb.load_controlnet(one), tb.load_controlnet(two)
+    assert all(torch.equal(p, q) for p, q in zip(tuned.parameters(), tuned_two.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(tuned.parameters(), plain.parameters()))
+    resumed = tb.load_controlnet(marked).controlnet_mid_block.weight.detach()
+    assert float((resumed - 0.5).abs().max()) < 0.01 and not torch.equal(resumed, torch.full_like(resumed, 0.5))
+    assert float(mark.abs().max()) < 0.01
+    te1, unet1 = tb.load_text_unet(one)
+    for a, b in ((te0, te1), (unet0, unet1)):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -22,6 +22,7 @@ Stages (each writes a diffusers-format folder under --work, so a later stage can
 4. ``decoder``: the VAE's decoder alone, on whole images with the border weighted; the encoder, and so the latents
    every other stage trains on, stays as it is.
 5. ``controlnet``: a ControlNetModel copied from the UNet's encoder, trained on canny maps with the rest frozen.
+   ``controlnet-cfg``: its guidance fine-tune, calibrated as the UNet's ``cfg`` stage is.
 6. ``export``: ONE single-file checkpoint in the A1111/CompVis layout (fp16) into models/Stable-diffusion/ and the
    ControlNet in the lllyasviel layout (``control_model.*``) into models/ControlNet/.
 
@@ -678,14 +679,19 @@ def control_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255.0)
 
 
-def train_controlnet(args, work: Path, vae, te, unet):
+def train_controlnet(args, work: Path, vae, te, unet, resume: bool = False, tag: str = "controlnet"):
+    """ControlNet from the UNet's encoder (or, with ``resume``, the work dir's ControlNet), trained against the
+    frozen text encoder and UNet; saved to the work dir."""
     from diffusers import ControlNetModel
 
     tokens = Tokens()
     data_seed = args.seed * 1000 + 2
     mean, std = encode_pool(vae, args.pool, data_seed, work)
     torch.manual_seed(args.seed + 30)
-    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_COND_CHANNELS)
+    if resume:
+        cn = ControlNetModel.from_pretrained(work / "controlnet")
+    else:
+        cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_COND_CHANNELS)
     if args.cn_text_free:
         # (experiment) the cross-attention's output projections at zero and frozen: the ControlNet gives the same
         # residuals to the prompt's and the empty prompt's passes, so guidance cannot amplify their difference
@@ -750,12 +756,24 @@ def train_controlnet(args, work: Path, vae, te, unet):
             loss = err.mean()
         running = optimiser_step(opt, loss, list(cn.parameters()), ema, step, running)
         if step % 50 == 0 or step == steps - 1:
-            log(f"controlnet step {step}/{steps} loss {running:.4f} ({(time.time() - t0) / (step + 1):.2f} s/step)")
+            log(f"{tag} step {step}/{steps} loss {running:.4f} ({(time.time() - t0) / (step + 1):.2f} s/step)")
     if ema is not None:
         ema.copy_to()
     cn.eval()
     cn.save_pretrained(work / "controlnet", safe_serialization=True)
     return cn
+
+
+def train_controlnet_cfg(args, work: Path, vae, te, unet):
+    """Guidance fine-tune of the ControlNet, as `cfg` is the UNet's: from the `controlnet` stage's weights, a
+    captioned sample's target is the controlled unconditional prediction moved 1 / --cfg-scale of the way to the
+    noise. The plain-trained ControlNet pulls the prompt's pass the whole way to the noise where the UNet goes a
+    third of it, so CFG 7 multiplied what the control adds by 7 instead of 7 / 3 and drew halos and textured
+    shapes along its edges. Trained this way from the start, the control took hold too slowly; after the plain
+    stage, 400 steps raise the edge IoU at CFG 7 (docs/bundled-model.md)."""
+    tuned = argparse.Namespace(**{**vars(args), "cn_steps": args.cn_cfg_steps, "cn_lr": args.cn_cfg_lr,
+                                  "cn_cfg_scale": args.cfg_scale})
+    return train_controlnet(tuned, work, vae, te, unet, resume=True, tag="controlnet-cfg")
 
 
 def load_controlnet(work: Path):
@@ -947,7 +965,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (bit-for-bit needs the same value)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=ROOT / "tmp" / "train_bundled")
-    ap.add_argument("--stages", default="vae,unet,unet-more,cfg,decoder,controlnet,export")
+    ap.add_argument("--stages", default="vae,unet,unet-more,cfg,decoder,controlnet,controlnet-cfg,export")
     ap.add_argument("--vae-steps", type=int, default=300)
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-crop", type=int, default=64)
@@ -1006,9 +1024,12 @@ def parse_args(argv=None):
     ap.add_argument("--cn-zero-lr-mult", type=float, default=1.0,
                     help="learning-rate multiplier of the zero convolutions")
     ap.add_argument("--cn-cfg-scale", type=float, default=0.0,
-                    help="calibrate the ControlNet for guidance as --cfg-scale does the UNet (0: plain target)")
+                    help="(experiments) calibrate the controlnet stage for guidance from its start (0: plain target; "
+                         "the controlnet-cfg stage calibrates for --cfg-scale)")
     ap.add_argument("--cn-text-free", action="store_true",
                     help="(experiments) the ControlNet ignores the prompt (its cross-attention outputs fixed at zero)")
+    ap.add_argument("--cn-cfg-steps", type=int, default=400, help="steps of the ControlNet's guidance fine-tune")
+    ap.add_argument("--cn-cfg-lr", type=float, default=5e-4)
     ap.add_argument("--cn-ema", type=float, default=0.0, help="EMA of the ControlNet's weights (0: none)")
     ap.add_argument("--eval", action="store_true", help="print checker accuracies after the UNet stage")
     ap.add_argument("--eval-every", type=int, default=0)
@@ -1036,7 +1057,7 @@ def main(argv=None):
         # each cycle reloads the pair the last one saved and re-seeds: the same as running the stage again
         te, unet = train_unet(args, args.work, vae, more=True)
         log(f"text encoder + unet, cycle {cycle + 2}, done at {time.time() - t_start:.0f} s")
-    if te is None and stages & {"cfg", "controlnet", "export", "eval"}:
+    if te is None and stages & {"cfg", "controlnet", "controlnet-cfg", "export", "eval"}:
         te, unet = load_text_unet(args.work)
     if "cfg" in stages and args.cfg_steps:
         te, unet = train_cfg(args, args.work, vae, te, unet)
@@ -1049,7 +1070,10 @@ def main(argv=None):
     if "controlnet" in stages:
         cn = train_controlnet(args, args.work, vae, te, unet)
         log(f"controlnet done at {time.time() - t_start:.0f} s")
-    elif "export" in stages and (args.work / "controlnet").exists():
+    if "controlnet-cfg" in stages and args.cn_cfg_steps:
+        cn = train_controlnet_cfg(args, args.work, vae, te, unet)
+        log(f"controlnet guidance fine-tune done at {time.time() - t_start:.0f} s")
+    if cn is None and "export" in stages and (args.work / "controlnet").exists():
         cn = load_controlnet(args.work)
     train_seconds = time.time() - t_start
     if "export" in stages:

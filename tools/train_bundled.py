@@ -1,7 +1,7 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
-An SD1.x-family model, small enough to train on a 2-core CPU in about 56 minutes (this project's current machines;
-about 2.5 times that on the slower ones earlier sessions had) and to generate a 128x128 image in under a second
+An SD1.x-family model, small enough to train on a 2-core CPU in about 58 minutes (this project's faster machines;
+2-3 times that on the slower ones) and to generate a 128x128 image in under a second
 there, 0.74 s (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
@@ -9,7 +9,8 @@ text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 7
 epsilon prediction), trained with caption dropout so classifier-free guidance works. Then a canny-edge ControlNet for
 it.
 
-Stages (each writes a diffusers-format folder under --work, so a later stage can be re-run alone):
+Stages (each writes a diffusers-format folder under --work, so a later stage can be re-run alone; ``import``, not
+in the default run, writes them from the shipped single files instead, to continue from those):
 
 1. ``vae``: the autoencoder, on 64x64 crops around the shapes (it is fully convolutional), then rescaled so that
    ``latents * 0.18215`` has unit standard deviation (mean/logvar outputs of quant_conv scaled, post_quant_conv input
@@ -782,6 +783,29 @@ def load_controlnet(work: Path):
     return ControlNetModel.from_pretrained(work / "controlnet").eval()
 
 
+def import_files(args, work: Path) -> None:
+    """The work dir's folders (vae, text_encoder, unet and, where the file exists, controlnet) from the single files
+    in the shipped layouts (--checkpoint, --import-controlnet or --controlnet), read through the studio's own
+    loaders, so later stages continue from those weights: their fp16 values, which export to the same bytes."""
+    sys.path.insert(0, str(ROOT))
+    from diffusers import ControlNetModel
+
+    from webui.models.controlnet import config_from_weights, to_diffusers_keys
+    from webui.models.loader import build_pipeline, read_state_dict
+
+    pipe = build_pipeline(args.checkpoint, read_state_dict(args.checkpoint)).pipe
+    for name in ("vae", "text_encoder", "unet"):
+        getattr(pipe, name).float().save_pretrained(work / name, safe_serialization=True)
+    source = args.import_controlnet or args.controlnet
+    if source.exists():
+        sd = to_diffusers_keys(read_state_dict(source))
+        config, _ = config_from_weights({k: tuple(v.shape) for k, v in sd.items()}, dict(pipe.unet.config))
+        cn = ControlNetModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        cn.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        cn.save_pretrained(work / "controlnet", safe_serialization=True)
+    log(f"imported {args.checkpoint.name}" + (f" and {source.name}" if source.exists() else ""))
+
+
 # ------------------------------------------------------------------------------------------------------ pipeline
 def make_pipeline(vae, te, unet, controlnet=None):
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
@@ -1035,6 +1059,8 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT_PATH)
     ap.add_argument("--controlnet", type=Path, default=CONTROLNET_PATH)
+    ap.add_argument("--import-controlnet", type=Path, default=None,
+                    help="the ControlNet file the `import` stage reads (default: --controlnet)")
     return ap.parse_args(argv)
 
 
@@ -1047,6 +1073,8 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     log(f"train_bundled: {vars(args)}")
+    if "import" in stages:
+        import_files(args, args.work)
     vae = train_vae(args, args.work) if "vae" in stages else load_vae(args.work)
     log(f"vae done at {time.time() - t_start:.0f} s")
     te = unet = cn = None

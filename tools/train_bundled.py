@@ -770,7 +770,7 @@ def train_controlnet_cfg(args, work: Path, vae, te, unet):
     captioned sample's target is the controlled unconditional prediction moved 1 / --cfg-scale of the way to the
     noise. The plain-trained ControlNet pulls the prompt's pass the whole way to the noise where the UNet goes a
     third of it, so CFG 7 multiplied what the control adds by 7 instead of 7 / 3 and drew halos and textured
-    shapes along its edges. Trained this way from the start, the control took hold too slowly; after the plain
+    shapes along its edges. Calibrated from the start (--cn-cfg-scale) it measured worse than plain; after the plain
     stage, 400 steps raise the edge IoU at CFG 7 (docs/bundled-model.md)."""
     tuned = argparse.Namespace(**{**vars(args), "cn_steps": args.cn_cfg_steps, "cn_lr": args.cn_cfg_lr,
                                   "cn_cfg_scale": args.cfg_scale})
@@ -793,6 +793,8 @@ def import_files(args, work: Path) -> None:
     from webui.models.controlnet import config_from_weights, to_diffusers_keys
     from webui.models.loader import build_pipeline, read_state_dict
 
+    for stale in work.glob("pool_*.pt"):   # latents of another VAE's encoder
+        stale.unlink()
     pipe = build_pipeline(args.checkpoint, read_state_dict(args.checkpoint)).pipe
     for name in ("vae", "text_encoder", "unet"):
         getattr(pipe, name).float().save_pretrained(work / name, safe_serialization=True)

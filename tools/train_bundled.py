@@ -788,9 +788,8 @@ def import_files(args, work: Path) -> None:
     in the shipped layouts (--checkpoint, --import-controlnet or --controlnet), read through the studio's own
     loaders, so later stages continue from those weights: their fp16 values, which export to the same bytes."""
     sys.path.insert(0, str(ROOT))
-    from diffusers import ControlNetModel
-
-    from webui.models.controlnet import config_from_weights, to_diffusers_keys
+    from webui.models.controlnet import ControlNetInfo
+    from webui.models.controlnet import load_controlnet as load_controlnet_file
     from webui.models.loader import build_pipeline, read_state_dict
 
     for stale in work.glob("pool_*.pt"):   # latents of another VAE's encoder
@@ -800,10 +799,7 @@ def import_files(args, work: Path) -> None:
         getattr(pipe, name).float().save_pretrained(work / name, safe_serialization=True)
     source = args.import_controlnet or args.controlnet
     if source.exists():
-        sd = to_diffusers_keys(read_state_dict(source))
-        config, _ = config_from_weights({k: tuple(v.shape) for k, v in sd.items()}, dict(pipe.unet.config))
-        cn = ControlNetModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-        cn.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        cn = load_controlnet_file(ControlNetInfo(source, source.name, ""), dict(pipe.unet.config))
         cn.save_pretrained(work / "controlnet", safe_serialization=True)
     log(f"imported {args.checkpoint.name}" + (f" and {source.name}" if source.exists() else ""))
 

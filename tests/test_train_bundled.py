@@ -94,26 +94,37 @@ def test_unet_more_stage_continues_the_saved_pair(tmp_path):
     assert distance(reloaded_unet, unet) == 0 and distance(reloaded_te, te) == 0
 
 
+def _two_work_dirs_with_a_trained_pair(tb, tmp_path, small: list[str]):
+    """Two work dirs holding the same VAE and the text encoder + UNet of a one-step ``unet`` stage."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    torch.manual_seed(0)
+    tb.make_vae().eval().save_pretrained(one / "vae", safe_serialization=True)
+    tb.train_unet(tb.parse_args(["--work", str(one), *small]), one, tb.load_vae(one))
+    shutil.copytree(one, two)
+    return one, two
+
+
+def _run_main(tb, *argvs: list[str]) -> None:
+    """``main`` once per argv, restoring the deterministic-algorithms flag it turns on."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        for argv in argvs:
+            tb.main(argv)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
 def test_more_cycles_equal_running_the_stage_again(tmp_path):
     """``--more-cycles 2`` in one process gives the same text encoder and UNet, bit for bit, as running the
     ``unet-more`` stage twice (how the shipped third cycle was first measured): each cycle reloads and re-seeds."""
     tb = load_tool("train_bundled")
     small = ["--pool", "8", "--unet-batch", "2", "--unet-steps", "1", "--more-steps", "2", "--warmup", "1",
              "--more-warmup", "1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    torch.manual_seed(0)
-    tb.make_vae().eval().save_pretrained(one / "vae", safe_serialization=True)
-    tb.train_unet(tb.parse_args(["--work", str(one), *small]), one, tb.load_vae(one))
-    shutil.copytree(one, two)
+    one, two = _two_work_dirs_with_a_trained_pair(tb, tmp_path, small)
     _, start_unet = tb.load_text_unet(one)
 
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        tb.main(["--work", str(one), "--stages", "unet-more", "--more-cycles", "2", *small])
-        for _ in range(2):
-            tb.main(["--work", str(two), "--stages", "unet-more", "--more-cycles", "1", *small])
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    _run_main(tb, ["--work", str(one), "--stages", "unet-more", "--more-cycles", "2", *small],
+              *[["--work", str(two), "--stages", "unet-more", "--more-cycles", "1", *small]] * 2)
 
     (te1, unet1), (te2, unet2) = tb.load_text_unet(one), tb.load_text_unet(two)
     for a, b in ((te1, te2), (unet1, unet2)):
@@ -128,27 +139,20 @@ def test_controlnet_cfg_stage_continues_the_saved_controlnet(tmp_path):
     tb = load_tool("train_bundled")
     small = ["--pool", "8", "--unet-batch", "2", "--unet-steps", "1", "--warmup", "1", "--cn-batch", "2",
              "--cn-steps", "2", "--cn-cfg-steps", "2"]
-    one, two, marked = tmp_path / "one", tmp_path / "two", tmp_path / "marked"
-    torch.manual_seed(0)
-    tb.make_vae().eval().save_pretrained(one / "vae", safe_serialization=True)
-    tb.train_unet(tb.parse_args(["--work", str(one), *small]), one, tb.load_vae(one))
-    shutil.copytree(one, two)
+    one, two = _two_work_dirs_with_a_trained_pair(tb, tmp_path, small)
+    marked = tmp_path / "marked"
     te0, unet0 = tb.load_text_unet(one)
 
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        tb.main(["--work", str(one), "--stages", "controlnet", *small])
-        plain = tb.load_controlnet(one)
-        shutil.copytree(one, marked)
-        mark = plain.state_dict()["controlnet_mid_block.weight"].clone()
-        marker = tb.load_controlnet(marked)
-        marker.controlnet_mid_block.weight.data.fill_(0.5)   # a zero convolution: 0 in a fresh ControlNet
-        marker.save_pretrained(marked / "controlnet", safe_serialization=True)
-        tb.main(["--work", str(marked), "--stages", "controlnet-cfg", *small])
-        tb.main(["--work", str(one), "--stages", "controlnet-cfg", *small])
-        tb.main(["--work", str(two), "--stages", "controlnet,controlnet-cfg", *small])
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    _run_main(tb, ["--work", str(one), "--stages", "controlnet", *small])
+    plain = tb.load_controlnet(one)
+    shutil.copytree(one, marked)
+    mark = plain.state_dict()["controlnet_mid_block.weight"].clone()
+    marker = tb.load_controlnet(marked)
+    marker.controlnet_mid_block.weight.data.fill_(0.5)   # a zero convolution: 0 in a fresh ControlNet
+    marker.save_pretrained(marked / "controlnet", safe_serialization=True)
+    _run_main(tb, ["--work", str(marked), "--stages", "controlnet-cfg", *small],
+              ["--work", str(one), "--stages", "controlnet-cfg", *small],
+              ["--work", str(two), "--stages", "controlnet,controlnet-cfg", *small])
 
     tuned, tuned_two = tb.load_controlnet(one), tb.load_controlnet(two)
     assert all(torch.equal(p, q) for p, q in zip(tuned.parameters(), tuned_two.parameters()))

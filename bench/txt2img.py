@@ -7,6 +7,7 @@ studio with the setting torch_compile on (its one-off compile time, then its ste
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import statistics
 import sys
@@ -33,6 +34,7 @@ def main() -> None:
 
     import torch
     from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.utils import logging as diffusers_logging
 
     from app import build_engine
     from webui.config.flags import parse_args
@@ -55,9 +57,19 @@ def main() -> None:
     engine = build_engine(parse_args(["--data-dir", str(data), "--device", args.device]))
     if not args.previews:
         engine.settings.update({"live_previews_enable": False}, save=False)
-    model = engine.models.get(name)
-    pipe = model.pipe
+    # All torch work runs on the engine's one worker thread, as in the studio: each thread that runs torch ops
+    # gets its own OpenMP team, and with more team threads than cores libgomp all but stops spinning between
+    # parallel regions, which made every run here (studio and diffusers alike) about twice as slow on 2 cores.
+    model = engine.jobs.run(lambda job: engine.models.get(name), "bench: load")
     device = model.placement.device
+    # plain diffusers as a user sets it up: the same weights, in the layout they load in, and Euler a
+    diffusers_logging.set_verbosity_error()   # the notice on building a pipeline without a safety checker
+    pipe = engine.jobs.run(lambda job: type(model.pipe)(**{
+        **model.pipe.components,
+        "unet": copy.deepcopy(model.pipe.unet).to(memory_format=torch.contiguous_format),
+        "vae": copy.deepcopy(model.pipe.vae).to(memory_format=torch.contiguous_format),
+        "scheduler": EulerAncestralDiscreteScheduler.from_config(model.pipe.scheduler.config)}), "bench: copy")
+    pipe.set_progress_bar_config(disable=True)
     prompt, negative = "a large red circle on the left, blue background", "green"
     req = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=args.steps, width=args.size,
                             height=args.size, cfg_scale=args.cfg, sampler_name="Euler a", seed=1,
@@ -72,13 +84,11 @@ def main() -> None:
         engine.txt2img(compiled_req, save=False)
 
     def diffusers_plain():
-        sched = pipe.scheduler
-        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(sched.config)
-        try:
-            pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=args.cfg,
-                 width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(1))
-        finally:
-            pipe.scheduler = sched
+        engine.jobs.run(lambda job: _diffusers_plain(), "bench: diffusers")
+
+    def _diffusers_plain():
+        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=args.cfg,
+             width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(1))
 
     def timed(fn) -> list[float]:
         fn()  # warm-up

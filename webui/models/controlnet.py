@@ -346,7 +346,7 @@ class ControlNetStore:
             model = load_controlnet(info, base_unet_config)
             if model.dtype != self.placement.dtype:
                 model.to(dtype=self.placement.dtype)
-            model.to(self.placement.device)
+            model.to(self.placement.device, memory_format=self.placement.memory_format)
             self._cache[key] = model
             limit = max(1, int(self.settings.get("control_net_model_cache_size", 2) or 2))
             while len(self._cache) > limit:

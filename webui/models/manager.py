@@ -33,6 +33,13 @@ class Placement:
     vae_fp32: bool = False
     offload: str | None = None   # None, "model" (--medvram) or "sequential" (--lowvram)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout convolution weights are kept in: channels-last on a CPU, where oneDNN's convolutions run on
+        it without reordering each call (measured on 2 cores: the VAE's decode 15 % faster at 128 px and 22 % at
+        512 px, a 128-px txt2img image 2-5 %); elsewhere as loaded, as nothing was measured there."""
+        return torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+
     @classmethod
     def from_flags(cls, device: str = "auto", precision: str = "autocast", no_half_vae: bool = False,
                    medvram: bool = False, lowvram: bool = False) -> Placement:
@@ -191,7 +198,7 @@ class ModelManager:
             vae = self._vae_cache.get(key)
             if vae is None:
                 try:
-                    vae = vae_lib.load_vae(info.path, model.pipe.vae)
+                    vae = vae_lib.load_vae(info.path, model.pipe.vae).to(memory_format=self.placement.memory_format)
                 except ValueError as e:
                     raise ModelLoadError(f"VAE {info.name} could not be loaded: {e}") from None
                 self._vae_cache.clear()
@@ -283,6 +290,8 @@ class ModelManager:
             pipe.enable_sequential_cpu_offload(device=p.device)
         else:
             pipe.to(p.device)
+            for module in (pipe.unet, pipe.vae):
+                module.to(memory_format=p.memory_format)
         model.placed = True
 
     def compiled_unet(self, model: LoadedModel) -> tuple[torch.nn.Module | None, str]:

@@ -1,8 +1,8 @@
 """Train the studio's bundled model, "shapes-tiny", from scratch on the procedural shapes world, on a CPU.
 
 An SD1.x-family model, small enough to train on a 2-core CPU in about 58 minutes (this project's faster machines;
-2-3 times that on the slower ones) and to generate a 128x128 image in under a second
-there, 0.74 s (docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
+2-3 times that on the slower ones) and to generate a 128x128 image in about a second on the slower ones (1.19 s,
+0.90 s with torch_compile; docs/bundled-model.md has the figures): a KL autoencoder (4 latent channels, downsampling 8:
 128 px -> 16x16 latents, scaling factor 0.18215), a CLIP
 text encoder (the real CLIP BPE tokenizer the studio ships, vocabulary 49,408, 77 tokens, padded with
 <|endoftext|>) and a UNet2DConditionModel with cross-attention (scaled-linear betas 0.00085..0.012 over 1,000 steps,

@@ -254,6 +254,7 @@ class ControlPass:
         live = [u for u in self.units if u.checked.unit.weight != 0]
         if not live:
             return None
+        dtypes = [u.model.dtype for u in live]   # once per pass: diffusers walks every module to find it
 
         @torch.no_grad()
         def residuals(step: int, steps: int, x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None,
@@ -261,12 +262,12 @@ class ControlPass:
             frac = step / max(1, steps)
             total_down: list[torch.Tensor] | None = None
             total_mid: torch.Tensor | None = None
-            for u in live:
+            for u, dtype in zip(live, dtypes):
                 unit = u.checked.unit
                 if frac < unit.guidance_start or frac > unit.guidance_end:
                     continue
                 model = u.model
-                hint = u.hints[[r % len(u.hints) for r in image_rows]].to(x.device, model.dtype)
+                hint = u.hints[[r % len(u.hints) for r in image_rows]].to(x.device, dtype)
                 x_in = x[:, :model.config.in_channels]
                 scale = 2 ** (len(model.config.conditioning_embedding_out_channels) - 1)
                 want = (x_in.shape[-2] * scale, x_in.shape[-1] * scale)
@@ -274,8 +275,8 @@ class ControlPass:
                     hint = torch.nn.functional.interpolate(hint, size=want, mode="bilinear", align_corners=False)
                 kw = {}
                 if added is not None and model.config.addition_embed_type == "text_time":
-                    kw["added_cond_kwargs"] = {k: v.to(model.dtype) for k, v in added.items()}
-                down, mid = model(x_in.to(model.dtype), t, encoder_hidden_states=embeds.to(model.dtype),
+                    kw["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added.items()}
+                down, mid = model(x_in.to(dtype), t, encoder_hidden_states=embeds.to(dtype),
                                   controlnet_cond=hint, return_dict=False, **kw)
                 outs = [*down, mid]
                 scales = u.scales(len(outs))

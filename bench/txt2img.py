@@ -84,11 +84,9 @@ def main() -> None:
         engine.txt2img(compiled_req, save=False)
 
     def diffusers_plain():
-        engine.jobs.run(lambda job: _diffusers_plain(), "bench: diffusers")
-
-    def _diffusers_plain():
-        pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=args.cfg,
-             width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(1))
+        engine.jobs.run(lambda job: pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps,
+                                         guidance_scale=args.cfg, width=args.size, height=args.size,
+                                         generator=torch.Generator("cpu").manual_seed(1)), "bench: diffusers")
 
     def timed(fn) -> list[float]:
         fn()  # warm-up

@@ -130,6 +130,12 @@ def test_models_listing_and_switching(server):
         assert title.startswith(info["sd_model_name"].replace("v2_", "v2/")), (title, info["sd_model_name"])
         img = pixels(r.json()["images"][0])
         assert img.shape == (64, 64, 3)
+    # none chosen: /options still names the checkpoint that jobs use (A1111's holds the loaded model's title)
+    assert post(server, "/sdapi/v1/options", {"sd_model_checkpoint": ""}).status_code == 200
+    current = httpx.get(server + "/sdapi/v1/options").json()["sd_model_checkpoint"]
+    assert current in titles
+    r = post(server, "/sdapi/v1/txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64, "seed": 1})
+    assert current.startswith(json.loads(r.json()["info"])["sd_model_name"].replace("v2_", "v2/"))
     post(server, "/sdapi/v1/options", {"sd_model_checkpoint": sd1["title"]})
 
 
@@ -225,6 +231,18 @@ def test_bad_input_gets_clear_4xx_then_good_request_works(server, fields, field,
     assert txt2img(server, seed=1)["images"]
 
 
+def test_null_fields_mean_their_defaults(server):
+    """As A1111's generated models (every field Optional): a client that sends null for what it leaves unset gets
+    the same picture as one that leaves the fields out."""
+    nulls = {k: None for k in ("negative_prompt", "batch_size", "n_iter", "subseed_strength", "sampler_index",
+                               "enable_hr", "hr_prompt", "cfg_scale", "styles", "script_name", "tiling")}
+    with_nulls = txt2img(server, seed=77, **nulls)
+    plain = txt2img(server, seed=77, cfg_scale=7.0)   # the API default of cfg_scale
+    assert np.array_equal(pixels(with_nulls["images"][0]), pixels(plain["images"][0]))
+    assert json.loads(with_nulls["info"])["cfg_scale"] == 7.0
+    assert len(with_nulls["images"]) == 1 and with_nulls["parameters"]["cfg_scale"] is None
+
+
 def test_malformed_json_and_base64(server):
     r = httpx.post(server + "/sdapi/v1/txt2img", content=b'{"prompt": "x", ', timeout=30,
                    headers={"content-type": "application/json"})
@@ -292,6 +310,16 @@ def test_override_settings_do_not_persist(server):
     out = txt2img(server, seed=4, override_settings={**BASE["override_settings"], "CLIP_stop_at_last_layers": 2})
     assert "Clip skip: 2" in json.loads(out["info"])["infotexts"][0]
     assert httpx.get(server + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == before
+    # override_settings_restore_afterwards=false: the overrides stay the settings after the job (as A1111)
+    try:
+        out = txt2img(server, seed=4, override_settings_restore_afterwards=False,
+                      override_settings={**BASE["override_settings"], "CLIP_stop_at_last_layers": 2})
+        assert "Clip skip: 2" in json.loads(out["info"])["infotexts"][0]
+        assert httpx.get(server + "/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        out = txt2img(server, seed=4)
+        assert "Clip skip: 2" in json.loads(out["info"])["infotexts"][0]
+    finally:
+        post(server, "/sdapi/v1/options", {"CLIP_stop_at_last_layers": before})
 
 
 def test_skip_moves_to_next_batch(server):

@@ -144,17 +144,18 @@ def test_img2img_api_image_formats_include_init_images_and_size_limit(server):
             "denoising_strength": 0.5, "include_init_images": True, "override_settings": CKPT}
     for fmt, prefix in (("JPEG", "data:image/jpeg;base64,"), ("WEBP", "data:image/webp;base64,"), ("PNG", "")):
         raw = encoded(src, fmt)
-        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300,
-                       json={**base, "init_images": [prefix + base64.b64encode(raw).decode()]})
+        sent = prefix + base64.b64encode(raw).decode()
+        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300, json={**base, "init_images": [sent]})
         assert r.status_code == 200, (fmt, r.text)
-        images = r.json()["images"]
-        assert len(images) == 2, "the generated image, then the init image"
-        back = Image.open(io.BytesIO(base64.b64decode(images[1])))
-        assert np.array_equal(arr(back), arr(Image.open(io.BytesIO(raw))))
+        # as A1111: include_init_images keeps the init images in the echoed parameters, not in images
+        assert len(r.json()["images"]) == 1
+        assert r.json()["parameters"]["init_images"] == [sent]
     # output in the format of the setting samples_format, with the infotext inside (as A1111's API)
     assert httpx.post(server + "/sdapi/v1/options", json={"samples_format": "webp"}, timeout=60).status_code == 200
     try:
-        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300, json={**base, "init_images": [b64(src)]})
+        r = httpx.post(server + "/sdapi/v1/img2img", timeout=300,
+                       json={**base, "include_init_images": False, "init_images": [b64(src)]})
+        assert r.json()["parameters"]["init_images"] is None and r.json()["parameters"]["mask"] is None
         out = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
         assert out.format == "WEBP"
         assert read_infotext(out)[0] == json.loads(r.json()["info"])["infotexts"][0]

@@ -276,14 +276,15 @@ def test_api_upscalers_and_extras(server, nets, data_dir):
 
     src = picture()
     body = {"image": "data:image/png;base64," + b64(src), "upscaling_resize": 2, "upscaler_1": "2x-tiny-old"}
+    before = set((data_dir / "outputs" / "extras-images").rglob("*.png"))
     r = httpx.post(server + "/sdapi/v1/extra-single-image", json=body, timeout=300)
     assert r.status_code == 200, r.text
     out = unb64(r.json()["image"])
     assert out.size == (80, 64)
     assert np.abs(arr(out) - arr(ref_image(nets["2x-tiny-old"], src))).max() <= 1
     assert "Postprocess upscaler: 2x-tiny-old" in r.json()["html_info"]
-    saved = list((data_dir / "outputs" / "extras-images").rglob("*.png"))
-    assert saved, "the API's extras output was not saved to outputs/extras-images"
+    saved = set((data_dir / "outputs" / "extras-images").rglob("*.png")) - before
+    assert not saved, "as A1111's API, extras results come back in the response and are not saved"
 
     to = httpx.post(server + "/sdapi/v1/extra-single-image", json={
         **body, "resize_mode": 1, "upscaling_resize_w": 72, "upscaling_resize_h": 40, "upscaler_1": "4x-tiny-new"},
@@ -295,6 +296,7 @@ def test_api_upscalers_and_extras(server, nets, data_dir):
         "upscaling_resize": 3, "upscaler_1": "Nearest"}, timeout=300)
     assert batch.status_code == 200, batch.text
     assert [unb64(s).size for s in batch.json()["images"]] == [(120, 96), (48, 48)]
+    assert set((data_dir / "outputs" / "extras-images").rglob("*.png")) == before
 
     bad = httpx.post(server + "/sdapi/v1/extra-single-image", json={**body, "upscaler_1": "Superres"}, timeout=60)
     assert bad.status_code == 422 and bad.json()["field"] == "upscaler_1"

@@ -114,11 +114,21 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
                 elif key not in body.model_fields_set:
                     setattr(req, key, value)
 
+    def keep_overrides(req) -> None:
+        """override_settings_restore_afterwards=false: the job's overrides become the settings (as A1111)."""
+        if req.override_settings_restore_afterwards or not req.override_settings:
+            return
+        kept = dict(req.override_settings)
+        if kept.get("sd_model_checkpoint"):
+            kept["sd_model_checkpoint"] = models.find(kept["sd_model_checkpoint"]).title
+        settings.update(kept)
+
     @r.post("/txt2img")
     def txt2img(body: Txt2ImgRequest):
         req = to_request(body)
         fill_from_infotext(body, req)
         result = scripts.run(req, save=bool(req.save_images))
+        keep_overrides(req)
         images = [encode_output(im, text) for im, text in zip(result.images, result.infotexts)] \
             if req.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": result_json(result)}
@@ -136,13 +146,12 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
             raise InvalidField("init_images", "at least one base64 image is needed")
         mask = decode_image(req.mask, "mask", limit) if req.mask else None   # another size: the engine resizes
         result = scripts.run(req, images, mask, save=bool(req.save_images))
+        keep_overrides(req)
         out = [encode_output(im, text) for im, text in zip(result.images, result.infotexts)] \
             if req.send_images else []
-        if req.include_init_images:
-            out += [encode_output(im, None) for im in images]
         params = body.model_dump()
-        params["init_images"] = ["<omitted>"] * len(images)
-        params["mask"] = "<omitted>" if req.mask else None
+        if not req.include_init_images:   # as A1111: the flag only keeps them in the echoed parameters
+            params["init_images"] = params["mask"] = None
         return {"images": out, "parameters": params, "info": result_json(result)}
 
     @r.get("/scripts")
@@ -186,7 +195,12 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
 
     @r.get("/options")
     def get_options():
-        return settings.as_dict()
+        values = settings.as_dict()
+        try:   # as A1111: the title of the checkpoint jobs use, also when none was ever chosen
+            values["sd_model_checkpoint"] = models.find(values.get("sd_model_checkpoint") or None).title
+        except StudioError:
+            pass   # no usable checkpoint: the stored value
+        return values
 
     @r.post("/options")
     def set_options(body: dict[str, Any]):
@@ -259,7 +273,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     def extra_single_image(body: ExtrasSingleImageApiRequest):
         req = to_request(body, ExtrasSingleImage)
         image = decode_image(req.image, "image")
-        result = extras_engine.extras(engine, req, [("", image)], save=True)
+        # as A1111's API: the result comes back in the response and is not written to extras-images
+        result = extras_engine.extras(engine, req, [("", image)], save=False)
         return {"html_info": result.html_info(),
                 "image": encode_png(result.images[0], None) if result.images and req.show_extras_results else ""}
 
@@ -270,7 +285,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
             raise InvalidField("imageList", "at least one image is needed ({data: base64, name})")
         images = [(item.name or "", decode_image(item.data, f"imageList[{i}].data"))
                   for i, item in enumerate(req.imageList)]
-        result = extras_engine.extras(engine, req, images, save=True)
+        result = extras_engine.extras(engine, req, images, save=False)
         return {"html_info": result.html_info(),
                 "images": [encode_png(im, None) for im in result.images] if req.show_extras_results else []}
 

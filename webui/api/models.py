@@ -11,13 +11,14 @@ from webui.core.request import GenerationRequest, Img2ImgRequest
 
 
 def _fields_of(cls) -> dict:
+    """Every field optional and nullable, as in A1111's generated models: null means the field's default."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             out[f.name] = (hints[f.name] | None, Field(default_factory=f.default_factory))
         else:
-            out[f.name] = (hints[f.name], f.default)
+            out[f.name] = (hints[f.name] | None, f.default)
     return out
 
 
@@ -38,11 +39,14 @@ ExtrasBatchImagesApiRequest = create_model("ExtrasBatchImagesRequest", __config_
 
 
 def to_request(body, cls=GenerationRequest):
-    """The core request from a validated API body (lists and dicts that came as null get their defaults)."""
+    """The core request from a validated API body (a field that came as null gets its default)."""
     data = {}
     for f in dataclasses.fields(cls):
         value = getattr(body, f.name)
-        if value is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = f.default_factory()  # type: ignore[misc]
+        if value is None:
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                value = f.default_factory()  # type: ignore[misc]
+            elif f.default is not dataclasses.MISSING:
+                value = f.default
         data[f.name] = value
     return cls(**data)

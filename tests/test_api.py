@@ -202,6 +202,7 @@ def test_progress_preview_and_interrupt(server):
     info = json.loads(r.json()["info"])
     assert info["interrupted"] is True
     assert len(info["infotexts"]) < 40, "interrupt did not stop the job"
+    assert r.json()["images"], "the interrupted batch comes back as far as it got"
     # and the server keeps serving
     assert txt2img(server, seed=1)["images"]
 
@@ -340,9 +341,12 @@ def test_skip_moves_to_next_batch(server):
     assert post(server, "/sdapi/v1/skip", {}).status_code == 200
     t.join(600)
     info = json.loads(results["r"].json()["info"])
-    # the first batch was skipped, the other two were made with their own seeds
+    # the first batch was skipped (it comes back as far as it got, as in A1111), the other two were made in full
     seeds = [int(x.split("Seed: ")[1].split(",")[0]) for x in info["infotexts"][info["index_of_first_image"]:]]
-    assert seeds == [51, 52]
+    assert seeds == [50, 51, 52]
+    first = info["index_of_first_image"]
+    alone = txt2img(server, steps=40, seed=50)
+    assert not np.array_equal(pixels(results["r"].json()["images"][first]), pixels(alone["images"][0]))
 
 
 def test_share_without_tunnel_says_why(data_dir):

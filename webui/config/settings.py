@@ -41,6 +41,7 @@ def _defs() -> dict[str, Setting]:
         "save_to_dirs": s(True, "Save images to a subdirectory"),
         "directories_filename_pattern": s("[date]", "Directory name pattern"),
         "grid_save": s(True, "Always save all generated image grids"),
+        "save_incomplete_images": s(False, "Save incomplete images (interrupted or skipped)"),
         "save_init_img": s(False, "Save init images when using img2img (outdir_init_images, named by MD5)"),
         "save_mask": s(False, "For inpainting, save a copy of the greyscale mask (beside the image, \"-mask\")"),
         "grid_format": s("png", "File format for grids", choices=("png", "jpg", "jpeg", "webp")),

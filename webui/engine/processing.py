@@ -368,17 +368,23 @@ class Engine:
                     plan.unet_concat = inpaint_conditioning(pipe.vae, None, None, mask_weight,
                                                             (req.height, req.width), req.batch_size,
                                                             device.type == "cpu").to(device)
+            stopped = False
             try:
                 latents = sampling.sample(unet, plan, latents, timesteps)
                 if hires:
                     latents = self._hires_pass(job, req, hires, model, latents, gens,
                                                second.conditioning(sl, n_chunks), sl, opts, preview_every,
                                                unet, control=control[1])
-            except sampling.StopSampling:
-                if job.interrupted:
-                    res.interrupted = True
-                    break
-                continue  # skipped: on to the next batch
+            except sampling.StopSampling as stop:
+                # interrupted or skipped: as A1111, the batch comes back as far as it got (the last step's
+                # prediction of the clean image), saved only with the setting save_incomplete_images
+                stopped = True
+                latents = stop.latents
+                if latents is None:
+                    if job.interrupted:
+                        res.interrupted = True
+                        break
+                    continue
             decoded, upcast = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
             if upcast:
                 res.notes.append("VAE produced NaN in half precision; decoded again in fp32 (use --no-half-vae)")
@@ -401,11 +407,14 @@ class Engine:
                 text = self._infotext(req, res, i, model, clip_skip)
                 res.infotexts.append(text)
                 images.append(image)
-                if save and not req.do_not_save_samples:
+                if save and not req.do_not_save_samples and (not stopped or opts.get("save_incomplete_images")):
                     res.saved.append(self._save(image, text, seeds[i], req, model, opts,
                                                 "outdir_img2img_samples" if init else "outdir_txt2img_samples"))
                     if init is not None:   # settings save_init_img, save_mask
                         res.saved.extend(init.save_extras(req, opts, i, seeds[i], self._outdir))
+            if stopped and job.interrupted:
+                res.interrupted = True
+                break
         res.images = images
         grid_wanted = len(images) > 1 and (opts.get("return_grid") or opts.get("grid_save"))
         if grid_wanted:

@@ -14,7 +14,10 @@ from webui.engine.events import CFGDenoiserParams
 
 
 class StopSampling(Exception):
-    """Raised by a step hook to end sampling early (interrupt or skip)."""
+    """Raised by a step hook to end sampling early (interrupt or skip). ``sample`` fills in ``latents``: the last
+    step's estimate of the clean latents, which an interrupted or skipped image shows (as A1111)."""
+
+    latents: torch.Tensor | None = None
 
 
 Conditioning = tuple[list[tuple[Cond, float]], Cond]   # (AND parts with weights, uncond) for one step
@@ -84,10 +87,30 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
             residuals = functools.partial(plan.unet_residuals, i, len(timesteps))
         out = _denoise(unet, dtype, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids,
                        plan.per_image, plan.unet_concat, residuals)
-        latents = sch.step(out, t, latents, return_dict=False, **step_kw)[0]
-        for hook in plan.after_step:
-            hook(i, latents)
+        stepped = sch.step(out, t, latents, **step_kw)
+        latents = stepped.prev_sample
+        try:
+            for hook in plan.after_step:
+                hook(i, latents)
+        except StopSampling as stop:
+            stop.latents = _denoised(sch, stepped, latents)
+            raise
     return latents
+
+
+def _denoised(sch, stepped, latents: torch.Tensor) -> torch.Tensor:
+    """The step's prediction of the clean latents where the scheduler has one (Euler, DDIM, LMS, LCM ... give it;
+    DPM-Solver++ and UniPC keep it as their last model output), else the step's latents."""
+    pred = getattr(stepped, "pred_original_sample", None)
+    if pred is None:
+        pred = getattr(stepped, "denoised", None)   # LCM
+    if pred is None:
+        outs = getattr(sch, "model_outputs", None)
+        predicts_x0 = sch.config.get("algorithm_type", "") in ("dpmsolver++", "sde-dpmsolver++") \
+            or sch.config.get("predict_x0", False)
+        if outs and outs[-1] is not None and predicts_x0:
+            pred = outs[-1]
+    return latents if pred is None else pred
 
 
 def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None,

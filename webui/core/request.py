@@ -213,6 +213,20 @@ def _size(value: Any, negative: bool = False) -> tuple[int, int] | None:
     return (int(w), int(h)) if sep and ok(w) and ok(h) else None
 
 
+def _split_sampler_field(out: dict[str, Any], name_key: str, sched_key: str) -> None:
+    """Infotexts from before A1111 1.9 name the schedule in the sampler ("DPM++ 2M Karras", no "Schedule type"):
+    split it into the sampler and schedule the UI's dropdowns offer; an unknown name is left as it is."""
+    if not out.get(name_key):
+        return
+    try:
+        name, sched = samplers.split_sampler(str(out[name_key]), out.get(sched_key) or None)
+    except ValueError:
+        return
+    out[name_key] = name
+    if sched != "automatic" or out.get(sched_key):
+        out[sched_key] = samplers.schedule_label(sched)
+
+
 def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
     """Request fields (and override_settings) from a parsed infotext dict."""
     out: dict[str, Any] = {}
@@ -226,6 +240,8 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
                 out[name] = kind(float(parsed[key])) if kind is int else kind(parsed[key])
             except ValueError:
                 continue
+    for name_key, sched_key in (("sampler_name", "scheduler"), ("hr_sampler_name", "hr_scheduler")):
+        _split_sampler_field(out, name_key, sched_key)
     if size := _size(parsed.get("Size")):
         out["width"], out["height"] = size
     out["enable_hr"] = any(k in parsed for k in ("Hires upscaler", "Hires upscale", "Hires resize"))

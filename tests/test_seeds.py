@@ -61,6 +61,15 @@ def test_clip_skip_changes_result_and_is_recorded(engine):
     assert np.abs(a - b).mean() > 0.5
 
 
+def test_clip_skip_is_ignored_for_sdxl_as_in_a1111(engine):
+    """SDXL takes the penultimate layer of both encoders whatever Clip skip says; the setting is still recorded."""
+    sdxl = {"sd_model_checkpoint": "tiny-sdxl.safetensors"}
+    a, _ = image(engine, override_settings=sdxl)
+    b, res = image(engine, override_settings={**sdxl, "CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in res.infotexts[0]
+    assert np.array_equal(a, b)
+
+
 def _pairs():
     out = []
     for s in engine_samplers.available():

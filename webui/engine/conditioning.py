@@ -99,7 +99,9 @@ class PromptEncoder:
             device = encoder.device
             ids = torch.tensor(rows, device=device)
             sdxl = self.family == "sdxl"
-            layer = -(self.clip_skip + 1) if sdxl else (None if self.clip_skip <= 1 else -self.clip_skip)
+            # SDXL conditions on the penultimate layer of both encoders whatever Clip skip says (as A1111, where
+            # the setting is ignored for SDXL; an SDXL infotext with "Clip skip: 2" must make the same image)
+            layer = -2 if sdxl else (None if self.clip_skip <= 1 else -self.clip_skip)
             out = ti.encode_with_embeddings(encoder, ids, reps, output_hidden_states=layer is not None)
             if layer is None:
                 z = out[0]

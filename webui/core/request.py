@@ -180,6 +180,8 @@ def infotext_params(req: GenerationRequest, *, sampler: str, schedule: str, seed
         p["Conditional mask weight"] = mask_weight
     if clip_skip > 1:
         p["Clip skip"] = clip_skip
+    if req.tiling:
+        p["Tiling"] = "True"
     p.update(extra or {})
     p["Version"] = VERSION
     return p
@@ -244,6 +246,8 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
         _split_sampler_field(out, name_key, sched_key)
     if size := _size(parsed.get("Size")):
         out["width"], out["height"] = size
+    if str(parsed.get("Tiling", "")).lower() == "true":
+        out["tiling"] = True
     out["enable_hr"] = any(k in parsed for k in ("Hires upscaler", "Hires upscale", "Hires resize"))
     if size := _size(parsed.get("Hires resize")):
         out["hr_resize_x"], out["hr_resize_y"] = size

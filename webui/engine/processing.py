@@ -26,7 +26,7 @@ from webui.core.request import (
     validate,
 )
 from webui.core.styles import StyleDatabase
-from webui.engine import batch, conditioning, noise, sampling, saving
+from webui.engine import batch, conditioning, noise, sampling, saving, seamless
 from webui.engine import controlnet as cn_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine.events import EngineEvents, ImageSaveParams
@@ -241,7 +241,8 @@ class Engine:
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
         networks = self._extra_networks(req)
         try:
-            with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items):
+            with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items), \
+                    seamless.circular_padding(model.pipe.unet, model.pipe.vae, enabled=bool(req.tiling)):
                 res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
                                          networks, init, hooks or JobHooks())
         except ValueError as e:   # a LoRA file that does not fit this model
@@ -330,7 +331,7 @@ class Engine:
                             [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
         n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
         control = self._control_passes(req, model, init, hires, seeds)
-        unet = self._sampling_unet(model, opts, networks, res)
+        unet = self._sampling_unet(model, opts, networks, res, req)
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -490,12 +491,16 @@ class Engine:
                                                     device.type == "cpu").to(device)
         return sampling.sample(unet, plan, start, timesteps)
 
-    def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult):
+    def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult,
+                       req: GenerationRequest):
         """The UNet this job samples with: the compiled one where the setting torch_compile asks for it and it can
         serve (not for a job that applies a LoRA: the compiled graph holds the weights without it)."""
         if not opts.get("torch_compile"):
             return model.pipe.unet
-        compiled, why_not = (None, "a LoRA is applied") if networks.items else self.models.compiled_unet(model)
+        if networks.items or req.tiling:   # the compiled graph holds the weights and padding it was made with
+            compiled, why_not = None, "a LoRA is applied" if networks.items else "tiling is on"
+        else:
+            compiled, why_not = self.models.compiled_unet(model)
         if compiled is None:
             res.notes.append(f"torch.compile not used: {why_not}")
             return model.pipe.unet

@@ -89,6 +89,7 @@ def test_png_info_round_trip(server):
     assert p["Prompt"] == "a (red:1.2) circle, on: the left"
     assert p["Negative prompt"] == 'ugly, "quoted"'
     assert p["Seed"] == "9" and p["Steps"] == "4" and p["Size"] == "64x64" and p["Model"] == "tiny-sd1"
+    assert p["Clip skip"] == "1" and p["RNG"] == "GPU"   # A1111's defaults for keys the infotext leaves out
     # a data-URL prefix is accepted as A1111 clients send it
     r2 = post(server, "/sdapi/v1/png-info", {"image": "data:image/png;base64," + out["images"][0]})
     assert r2.json()["info"] == body["info"]

@@ -94,6 +94,32 @@ def test_missing_lora_warns_and_runs(engine, lora_file):
     assert any("LoRA not found: nope" in n for n in res.notes)
 
 
+def test_pasted_lora_tag_finds_the_local_file_by_its_hash(engine, lora_file, server):
+    """An image made elsewhere with this LoRA saved there as "oldname": pasting its infotext points the tag at the
+    local file with the hash "Lora hashes" records (as A1111 does on paste), so the picture comes out the same."""
+    from webui.core.infotext import parse_infotext
+    from webui.core.request import fields_from_infotext
+    from webui.models.lora import relink_loras
+    on, res = gen(engine, "a red circle <lora:inky:1>")
+    elsewhere = res.infotexts[0].replace("inky", "oldname")
+    parsed = parse_infotext(elsewhere)
+    assert "<lora:oldname:1>" in fields_from_infotext(parsed)["prompt"]
+    relinked = fields_from_infotext(parsed, relink=lambda p, h: relink_loras(p, h, engine.models.loras))
+    assert relinked["prompt"] == "a red circle <lora:inky:1>"
+    # through the API's infotext field, which fills every field the request leaves out
+    assert httpx.post(server + "/sdapi/v1/refresh-loras", timeout=60).status_code == 200
+    r = httpx.post(server + "/sdapi/v1/txt2img", json={"infotext": elsewhere}, timeout=300)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["prompt"] == "a red circle <lora:inky:1>"
+    import base64
+    import io
+
+    from PIL import Image
+    api = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"), dtype=np.int16)
+    assert same(api, on, tol=1)
+
+
 @pytest.fixture(scope="module")
 def embedding_files(engine, data_dir):
     from embedding_factory import word_vectors, write_embedding

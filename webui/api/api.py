@@ -31,6 +31,7 @@ from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
 from webui.engine.processing import Engine, result_json
 from webui.extensions.runner import ScriptRunner
+from webui.models.lora import relink_loras
 
 
 class PngInfoRequest(BaseModel):
@@ -101,7 +102,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
 
     def fill_from_infotext(body, req) -> None:
         if body.infotext:
-            filled = fields_from_infotext(infotext_fmt.parse_infotext(body.infotext))
+            filled = fields_from_infotext(infotext_fmt.parse_infotext(body.infotext),
+                                          relink=lambda prompt, hashes: relink_loras(prompt, hashes, models.loras))
             for key, value in filled.items():
                 if key == "override_settings":
                     merged = dict(value)
@@ -330,7 +332,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     def png_info(body: PngInfoRequest):
         image = decode_image(body.image)
         text, items = saving.read_infotext(image)
-        parsed = infotext_fmt.parse_infotext(text) if text else {}
+        # as A1111's: the keys an older infotext leaves out come with the values they meant (Clip skip 1, ...)
+        parsed = infotext_fmt.parse_infotext(text, defaults=True) if text else {}
         return {"info": text or "", "items": items, "parameters": parsed}
 
     return r

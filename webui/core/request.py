@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -229,8 +230,10 @@ def _split_sampler_field(out: dict[str, Any], name_key: str, sched_key: str) -> 
         out[sched_key] = samplers.schedule_label(sched)
 
 
-def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
-    """Request fields (and override_settings) from a parsed infotext dict."""
+def fields_from_infotext(parsed: dict[str, Any],
+                         relink: Callable[[str, str], str] | None = None) -> dict[str, Any]:
+    """Request fields (and override_settings) from a parsed infotext dict. ``relink(prompt, lora_hashes)``, when
+    given, points the prompts' LoRA tags at the local files with the hashes the infotext records."""
     out: dict[str, Any] = {}
     if "Prompt" in parsed:
         out["prompt"] = parsed["Prompt"]
@@ -270,4 +273,8 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
             pass
     if overrides:
         out["override_settings"] = overrides
+    if relink is not None and parsed.get("Lora hashes"):
+        for key in ("prompt", "hr_prompt"):
+            if out.get(key):
+                out[key] = relink(out[key], str(parsed["Lora hashes"]))
     return out

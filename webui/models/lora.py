@@ -191,6 +191,36 @@ def lora_hashes_infotext(used: Sequence[tuple[str, LoraInfo]]) -> str:
     return ", ".join(parts)
 
 
+_LORA_TAG = re.compile(r"<lora:([^:>]+):")
+
+
+def relink_loras(prompt: str, hashes: str, loras: Sequence[LoraInfo]) -> str:
+    """A pasted prompt with its ``<lora:NAME:`` tags pointed at the local files whose short hashes the infotext's
+    "Lora hashes" records, as A1111 does on paste: a LoRA saved here under another name is still found. A tag whose
+    name already finds that file, or whose hash is not here, stays as it is."""
+    wanted = {}
+    for part in (hashes or "").split(","):
+        name, sep, shorthash = part.partition(":")
+        if sep and name.strip() and shorthash.strip():
+            wanted[name.strip()] = shorthash.strip().lower()
+    if not wanted:
+        return prompt
+    by_hash: dict[str, LoraInfo] = {}
+
+    def swap(m: re.Match) -> str:
+        shorthash = wanted.get(m.group(1).strip())
+        if shorthash is None:
+            return m.group(0)
+        local = find_lora(loras, m.group(1))
+        if local is not None and local.shorthash == shorthash:
+            return m.group(0)
+        if not by_hash:   # hashing reads every file: only when a name does not find its file
+            by_hash.update((i.shorthash, i) for i in loras)
+        found = by_hash.get(shorthash)
+        return m.group(0) if found is None else f"<lora:{found.name}:"
+    return _LORA_TAG.sub(swap, prompt)
+
+
 # ------------------------------------------------------------------------------------------------- application
 
 @dataclass

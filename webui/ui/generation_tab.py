@@ -213,7 +213,7 @@ class GenerationTab:
             if "Steps: " not in (text or ""):
                 return [*[gr.update() for _ in paste_fields], *[gr.update() for _ in cn_outputs],
                         error_html("paste a generation's parameters (its infotext) into the prompt box first")]
-            values = paste_values(text, paste_fields)
+            values = paste_values(text, paste_fields, e.models.loras)
             cn = paste_controlnet(self.controlnet, text) if self.controlnet else []
             return [*values, *cn, ""]
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
 import gradio as gr
 
 from webui.core import infotext as infotext_fmt
 from webui.core.request import fields_from_infotext
 from webui.engine import saving
+from webui.models.lora import relink_loras
 
 
 def read_image_info(path: str | None) -> tuple[str, str]:
@@ -24,19 +26,21 @@ def read_image_info(path: str | None) -> tuple[str, str]:
     return text or "", body + (f"<table>{rows}</table>" if rows else "")
 
 
-def paste_values(text: str, fields: dict) -> list:
-    """Values for the txt2img components from an infotext (unchanged where the infotext says nothing)."""
+def paste_values(text: str, fields: dict, loras: Sequence | None = None) -> list:
+    """Values for the txt2img components from an infotext (unchanged where the infotext says nothing); with the
+    local LoRA list, the prompt's LoRA tags name the files whose hashes the infotext records."""
     if not text:
         return [gr.update() for _ in fields]
     parsed = infotext_fmt.parse_infotext(text, defaults=True)
-    values = fields_from_infotext(parsed)
+    relink = None if loras is None else (lambda prompt, hashes: relink_loras(prompt, hashes, loras))
+    values = fields_from_infotext(parsed, relink=relink)
     out = []
     for name in fields:
         out.append(values[name] if name in values else gr.update())
     return out
 
 
-def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None) -> None:
+def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None, models=None) -> None:
     """The PNG Info tab; "Send to txt2img" fills the txt2img fields and its ControlNet units (when given)."""
     with gr.Row():
         image = gr.Image(label="Source", type="filepath", elem_id="pnginfo_image", sources=["upload"])
@@ -50,6 +54,7 @@ def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None) -> None:
 
     def send_to_txt2img(t: str) -> list:
         cn = paste_controlnet(controlnet, t) if controlnet is not None and t else [gr.update() for _ in cn_outputs]
-        return [*paste_values(t, txt2img_fields), *cn, gr.Tabs(selected="tab_txt2img")]
+        loras = models.loras if models is not None else None
+        return [*paste_values(t, txt2img_fields, loras), *cn, gr.Tabs(selected="tab_txt2img")]
 
     send.click(send_to_txt2img, text, [*txt2img_fields.values(), *cn_outputs, tabs])

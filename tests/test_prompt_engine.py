@@ -94,6 +94,36 @@ def test_missing_lora_warns_and_runs(engine, lora_file):
     assert any("LoRA not found: nope" in n for n in res.notes)
 
 
+def test_emphasis_mode_is_recorded_and_pasted_as_a1111(engine):
+    """"Emphasis: <mode>" is written when the mode is not Original and a prompt has brackets; pasting it sets the
+    mode for that job, and the picture comes out the same."""
+    from webui.core.infotext import parse_infotext
+    from webui.core.request import fields_from_infotext
+    img, res = gen(engine, "a (red:1.4) circle", override_settings={**SD1, "emphasis": "No norm"})
+    assert "Emphasis: No norm" in res.infotexts[0]
+    _, plain = gen(engine, "a red circle", override_settings={**SD1, "emphasis": "No norm"})
+    assert "Emphasis" not in plain.infotexts[0]
+    assert "Emphasis" not in gen(engine, "a (red:1.4) circle")[1].infotexts[0]
+    filled = fields_from_infotext(parse_infotext(res.infotexts[0]))
+    assert filled["override_settings"]["emphasis"] == "No norm"
+    again = engine.txt2img(GenerationRequest(**filled), save=False)
+    assert same(np.asarray(again.images[0], dtype=np.int16), img)
+    assert not same(gen(engine, "a (red:1.4) circle")[0], img), "the mode changes the picture"
+
+
+def test_restore_faces_says_it_is_not_available(engine):
+    _, res = gen(engine, "a red circle", restore_faces=True)
+    assert any("restore_faces ignored" in n for n in res.notes)
+
+
+def test_lora_tag_in_a_negative_prompt_is_text_as_in_a1111(engine, lora_file):
+    """A1111 reads extra-network tags from the prompts only: in the negative prompt the tag is encoded as words."""
+    base, _ = gen(engine, "a red circle")
+    img, res = gen(engine, "a red circle", negative_prompt="<lora:inky:1>")
+    assert "Lora hashes" not in res.infotexts[0] and 'Negative prompt: <lora:inky:1>' in res.infotexts[0]
+    assert not same(img, base)
+
+
 def test_pasted_lora_tag_finds_the_local_file_by_its_hash(engine, lora_file, server):
     """An image made elsewhere with this LoRA saved there as "oldname": pasting its infotext points the tag at the
     local file with the hash "Lora hashes" records (as A1111 does on paste), so the picture comes out the same."""

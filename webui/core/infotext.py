@@ -45,6 +45,7 @@ PASTE_DEFAULTS: dict[str, str] = {
     "VAE Encoder": "Full",
     "VAE Decoder": "Full",
     "FP8 weight": "Disable",
+    "Emphasis": "Original",
 }
 """Values A1111 assumes for keys an infotext leaves out (it only writes non-defaults, e.g. Clip skip > 1)."""
 

@@ -266,6 +266,8 @@ def fields_from_infotext(parsed: dict[str, Any],
         overrides["sd_model_checkpoint"] = str(parsed["Model"])
     if parsed.get("VAE"):
         overrides["sd_vae"] = str(parsed["VAE"])
+    if parsed.get("Emphasis"):
+        overrides["emphasis"] = str(parsed["Emphasis"])
     if parsed.get("Conditional mask weight") not in (None, ""):
         try:
             overrides["inpainting_mask_weight"] = float(parsed["Conditional mask weight"])

@@ -303,6 +303,9 @@ class Engine:
                                          f"{len(seeds)} seeds for {total} images (batch_size x n_iter)")
         res.notes.extend(model.notes)
         res.notes.extend(networks.warnings)
+        if req.restore_faces:
+            res.notes.append("restore_faces ignored: no face restoration model (GFPGAN, CodeFormer) is available "
+                             "offline")
         if init is not None:
             res.notes.extend(init.notes)
             res.init = init
@@ -401,6 +404,9 @@ class Engine:
                 extra["TI hashes"] = ti_hashes_infotext(encoder.used_embeddings.values())
             if control[0] is not None:
                 extra.update(cn_engine.infotext_params(control[0].units))
+            emphasis = str(opts.get("emphasis", "Original"))
+            if emphasis != "Original" and any("(" in t or "[" in t for t in [*prompts[sl], *negatives[sl]]):
+                extra["Emphasis"] = emphasis   # as A1111: only where the mode changes what brackets do
             res.extra_params = {**extra, **hooks.extra_params()}
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j

@@ -26,7 +26,8 @@ class JobPrompts:
         self.parts = [prompt_parser.split_and(p) for p in clean]
         sched = prompt_parser.get_learned_conditioning_prompt_schedules
         self.pos = [[(sched([t], steps, hires_steps)[0], w) for t, w in parts] for parts in self.parts]
-        self.neg = sched([prompt_parser.parse_extra_networks(n)[0] for n in negatives], steps, hires_steps)
+        # as A1111, extra-network tags are read from the prompts only: in a negative prompt they are plain text
+        self.neg = sched(list(negatives), steps, hires_steps)
 
     def texts(self) -> set[str]:
         out = {text for parts in self.pos for s, _ in parts for _, text in s}

@@ -75,3 +75,23 @@ def test_skip_returns_the_skipped_batch_so_far_and_makes_the_next(engine):
     assert np.array_equal(pixels(res.images[1]), pixels(alone)), "the batch after the skipped one is made in full"
     full = engine.txt2img(request(3), save=False).images[0]
     assert not np.array_equal(pixels(res.images[0]), pixels(full))
+
+
+def test_live_preview_shows_the_clean_image_prediction(engine):
+    """As A1111's, the preview of a step is its prediction of the finished picture: half-way it already shows the
+    prompt's colours (the noisy latents would decode to noise)."""
+    seen = []
+
+    def listener(params) -> None:
+        if params.sampling_step == 11:   # the preview made after step 10 is up
+            seen.append(engine.jobs.current.progress.preview)
+    engine.events.cfg_denoiser.append(listener)
+    try:
+        engine.txt2img(request(3, opts={"live_previews_enable": True, "show_progress_every_n_steps": 10,
+                                        "show_progress_type": "Full"}), save=False)
+    finally:
+        engine.events.cfg_denoiser.remove(listener)
+    assert len(seen) == 1 and seen[0] is not None
+    found = sc.analyse(np.asarray(seen[0].convert("RGB")))
+    print(f"\n[preview] after step 10 of 20: {found.colour} {found.shape} on {found.background}")
+    assert (found.colour, found.background) == ("red", "blue")

@@ -356,7 +356,7 @@ class Engine:
             if model.is_sdxl:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
-            plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts))
+            plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, plan))
             plan.on_cfg_denoiser = self.events.cfg_denoiser
             if control[0] is not None:
                 plan.unet_residuals = control[0].provider()
@@ -484,7 +484,7 @@ class Engine:
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
-        plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, offset=req.steps))
+        plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, plan, offset=req.steps))
         plan.on_cfg_denoiser = self.events.cfg_denoiser
         if control is not None:
             plan.unet_residuals = control.provider()
@@ -512,13 +512,16 @@ class Engine:
             return model.pipe.unet
         return compiled
 
-    def _progress_hook(self, job: Job, pipe, every: int, opts: dict, offset: int = 0):
+    def _progress_hook(self, job: Job, pipe, every: int, opts: dict, plan: sampling.SamplingPlan,
+                       offset: int = 0):
         def hook(i: int, latents: torch.Tensor) -> None:
             i += offset
             job.progress.sampling_step = i + 1
             job.progress.textinfo = f"{job.progress.stage}Step {i + 1}/{job.progress.sampling_steps}"
             if every and (i + 1) % every == 0 and i + 1 < job.progress.sampling_steps:
-                job.progress.preview = self.preview(pipe, latents[:1], opts.get("show_progress_type", "Full"))
+                # as A1111's, the preview shows the step's prediction of the clean image, not the noisy latents
+                shown = plan.denoised if plan.denoised is not None else latents
+                job.progress.preview = self.preview(pipe, shown[:1], opts.get("show_progress_type", "Full"))
                 job.progress.preview_id += 1
             if job.interrupted or job.skipped:
                 raise sampling.StopSampling()

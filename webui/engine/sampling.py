@@ -46,6 +46,9 @@ class SamplingPlan:
     after_step: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
     # Extensions' on_cfg_denoiser: see the latents and conditioning of each step before the UNet, may replace them.
     on_cfg_denoiser: list[Callable[[CFGDenoiserParams], None]] = field(default_factory=list)
+    # Set by ``sample`` at each step, before the after_step hooks: that step's prediction of the clean latents
+    # (what live previews and an interrupted image show, as A1111's).
+    denoised: torch.Tensor | None = None
 
 
 def fixed(cond: Cond, uncond: Cond) -> Callable[[int], Conditioning]:
@@ -89,11 +92,12 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
                        plan.per_image, plan.unet_concat, residuals)
         stepped = sch.step(out, t, latents, **step_kw)
         latents = stepped.prev_sample
+        plan.denoised = _denoised(sch, stepped, latents)
         try:
             for hook in plan.after_step:
                 hook(i, latents)
         except StopSampling as stop:
-            stop.latents = _denoised(sch, stepped, latents)
+            stop.latents = plan.denoised
             raise
     return latents
 

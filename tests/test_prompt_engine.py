@@ -63,6 +63,38 @@ def test_break_and_long_prompts(engine):
     assert engine.token_count(long) == (161, 225)
 
 
+def _unet_seq_lengths(engine, prompt, negative, **opts):
+    """(image, [(batch rows, sequence length) of each UNet call of the first step])"""
+    unet = engine.models.get(SD1["sd_model_checkpoint"]).pipe.unet
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append(tuple(kwargs["encoder_hidden_states"].shape[:2]))
+    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        img, _ = gen(engine, prompt, negative_prompt=negative, steps=2, override_settings={**SD1, **opts})
+    finally:
+        handle.remove()
+    return img, calls[:len(calls) // 2]
+
+
+def test_prompt_and_negative_of_different_lengths_run_apart_unless_padded(engine):
+    """As A1111: a 2-chunk prompt and a 1-chunk negative prompt are not padded to each other; the UNet runs each
+    at its own length. The setting pad_cond_uncond pads them (one call per step) and changes the picture."""
+    long = ", ".join(["a red circle"] * 30)
+    apart, calls = _unet_seq_lengths(engine, long, "blurry")
+    assert sorted(calls) == [(1, 77), (1, 154)]
+    padded, calls = _unet_seq_lengths(engine, long, "blurry", pad_cond_uncond=True)
+    assert calls == [(2, 154)]
+    assert not same(apart, padded)
+    # the other way round, and equal lengths: one call, and the setting changes nothing
+    _, calls = _unet_seq_lengths(engine, "a red circle", ", ".join(["blurry"] * 50))
+    assert sorted(calls) == [(1, 77), (1, 154)]
+    short, calls = _unet_seq_lengths(engine, "a red circle", "blurry")
+    assert calls == [(2, 77)]
+    assert same(short, _unet_seq_lengths(engine, "a red circle", "blurry", pad_cond_uncond=True)[0])
+
+
 @pytest.fixture(scope="module")
 def lora_file(engine, data_dir):
     from lora_factory import make_kohya_lora

@@ -67,6 +67,8 @@ def _defs() -> dict[str, Setting]:
         "torch_compile": s(False, "Compile the UNet with torch.compile (about a quarter less time per image on a CPU "
                            "after a one-off compile of one to three minutes per image size; not used for jobs with "
                            "a LoRA)", "Optimizations"),
+        "pad_cond_uncond": s(False, "Pad prompt/negative prompt to be same length (one UNet call per step when "
+                             "their chunk counts differ; changes the picture)", "Optimizations"),
         "max_batch_size": s(8, "Largest batch size a request may ask for", "Limits", minimum=1, maximum=64),
         "max_batch_count": s(100, "Largest batch count a request may ask for", "Limits", minimum=1, maximum=10000),
         "xyz_max_cells": s(256, "Largest number of cells an X/Y/Z plot or prompt matrix may have", "Limits",

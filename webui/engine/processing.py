@@ -332,7 +332,10 @@ class Engine:
         first = JobPrompts(encoder, prompts, negatives, req.steps)
         second = JobPrompts(encoder, [hr_prompt or p for p in prompts],
                             [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
-        n_chunks = max(first.chunk_count(), second.chunk_count() if second else 1)
+        counts = [first.chunk_counts(), *([second.chunk_counts()] if second else [])]
+        n_chunks = (max(c[0] for c in counts), max(c[1] for c in counts))
+        if opts.get("pad_cond_uncond"):   # A1111's option: one length for both sides, one UNet call per step
+            n_chunks = (max(n_chunks), max(n_chunks))
         control = self._control_passes(req, model, init, hires, seeds)
         unet = self._sampling_unet(model, opts, networks, res, req)
         images: list = []

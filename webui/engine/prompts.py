@@ -30,13 +30,23 @@ class JobPrompts:
         self.neg = sched(list(negatives), steps, hires_steps)
 
     def texts(self) -> set[str]:
-        out = {text for parts in self.pos for s, _ in parts for _, text in s}
-        return out | {text for s in self.neg for _, text in s}
+        return self.positive_texts() | self.negative_texts()
 
-    def chunk_count(self) -> int:
-        return self.encoder.chunk_count(sorted(self.texts()))
+    def positive_texts(self) -> set[str]:
+        return {text for parts in self.pos for s, _ in parts for _, text in s}
 
-    def conditioning(self, sl: slice, n_chunks: int):
+    def negative_texts(self) -> set[str]:
+        return {text for s in self.neg for _, text in s}
+
+    def chunk_counts(self) -> tuple[int, int]:
+        """(chunks of the longest prompt, of the longest negative prompt) over every step's text."""
+        return (self.encoder.chunk_count(sorted(self.positive_texts())),
+                self.encoder.chunk_count(sorted(self.negative_texts())))
+
+    def conditioning(self, sl: slice, n_chunks: tuple[int, int]):
+        """Per step: the prompts padded to n_chunks[0] chunks, the negative prompts to n_chunks[1]. As A1111 (its
+        setting pad_cond_uncond off), the two sides are not padded to each other: the sampler runs them apart
+        when their lengths differ."""
         pos, neg = self.pos[sl], self.neg[sl]
         if len({len(p) for p in pos}) > 1:
             raise InvalidField("prompt", "every prompt of a batch must have the same number of AND parts")
@@ -47,9 +57,9 @@ class JobPrompts:
                    tuple(prompt_parser.schedule_for_step(s, step) for s in neg))
             if key not in memo:
                 part_texts, neg_texts = key
-                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks), pos[0][j][1])
+                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks[0]), pos[0][j][1])
                          for j in range(len(pos[0]))]
                 memo.clear()   # schedules move forward: keep only the current step's tensors
-                memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks))
+                memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks[1]))
             return memo[key]
         return at

@@ -133,8 +133,31 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
                                   cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
                                   None if concat is None else concat[i:i + 1], residuals, [i]))
         return torch.cat(parts)
-    n = len(groups)
-    x = sch.scale_model_input(torch.cat([latents] * n) if n > 1 else latents, t)
+    scaled = sch.scale_model_input(latents, t)
+    cond_flags = ([False] if guided else []) + [True] * len(conds)
+    outs: list = [None] * len(groups)
+    # one UNet call for all groups of one length; a negative prompt of another chunk count than the prompt runs
+    # apart, as A1111 does unless its setting pad_cond_uncond is on
+    lengths = sorted({g.embeds.shape[1] for g in groups})
+    for length in lengths:
+        idx = [k for k, g in enumerate(groups) if g.embeds.shape[1] == length]
+        out = _unet_call(unet, dtype, scaled, t, [groups[k] for k in idx], [cond_flags[k] for k in idx],
+                         time_ids, concat, residuals, rows)
+        for k, o in zip(idx, out.chunk(len(idx))):
+            outs[k] = o
+    if not guided:
+        return outs[0]
+    u = outs[0]
+    total = u
+    for o, (_, w) in zip(outs[1:], conds):
+        total = total + cfg_scale * w * (o - u)
+    return total
+
+
+def _unet_call(unet, dtype, scaled, t, groups, cond_flags, time_ids, concat, residuals, rows):
+    """One UNet call over the batch repeated once per conditioning group (all of one sequence length)."""
+    n, b = len(groups), scaled.shape[0]
+    x = torch.cat([scaled] * n) if n > 1 else scaled
     if concat is not None:
         x = torch.cat([x, torch.cat([concat.to(x)] * n)], dim=1)
     embeds = torch.cat([g.embeds for g in groups])
@@ -145,21 +168,13 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
     extra = {}
     if residuals is not None:
         image_rows = list(rows if rows is not None else range(b)) * n
-        cond_rows = [False] * b * (1 if guided else 0) + [True] * b * len(conds)
+        cond_rows = [flag for flag in cond_flags for _ in range(b)]
         res = residuals(x, t, embeds, added, cond_rows, image_rows)
         if res is not None:
             extra = {"down_block_additional_residuals": [r.to(dtype) for r in res[0]],
                      "mid_block_additional_residual": res[1].to(dtype)}
-    out = unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
-               **extra)[0]
-    if not guided:
-        return out
-    outs = out.chunk(n)
-    u = outs[0]
-    total = u
-    for o, (_, w) in zip(outs[1:], conds):
-        total = total + cfg_scale * w * (o - u)
-    return total
+    return unet(x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
+                **extra)[0]
 
 
 @torch.no_grad()

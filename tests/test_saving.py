@@ -134,7 +134,7 @@ def test_pattern_tokens() -> None:
     tokens = {"seed": 42, "prompt": "A cat, sitting: on/a mat!", "steps": 20, "cfg": 7.0, "sampler": "DPM++ 2M",
               "model_name": "v1-5"}
     assert expand_pattern("[seed]-[prompt_words]", tokens, now) == "42-A cat sitting on a mat"
-    assert expand_pattern("[STEPS]_[cfg]_[sampler]_[model_name]", tokens, now) == "20_7_DPM++ 2M_v1-5"
+    assert expand_pattern("[STEPS]_[cfg]_[sampler]_[model_name]", tokens, now) == "20_7.0_DPM++ 2M_v1-5"
     assert expand_pattern("[date] [datetime] [datetime<%H-%M>]", tokens, now) == "2024-05-01 20240501131415 13-14"
     assert expand_pattern("[prompt]", tokens, now) == "A_cat,_sitting__on_a_mat!"
     assert len(expand_pattern("[prompt_hash]", tokens, now)) == 8
@@ -144,6 +144,26 @@ def test_pattern_tokens() -> None:
     long = expand_pattern("[prompt_spaces]", {"prompt": "é" * 500}, now)
     assert len(long.encode()) <= 200
     assert "/" not in expand_pattern("../../[seed]", tokens, now)
+
+
+def test_more_of_a1111s_tokens() -> None:
+    now = datetime(2024, 5, 1, 13, 14, 15)
+    t = {"seed": 5, "seed_first": 5, "seed_last": 8, "prompt": "a red fox, golden hour", "negative_prompt": "blur",
+         "prompt_no_styles": "a red fox", "styles": [], "batch_size": 1, "batch_number": 1}
+    assert expand_pattern("[seed_first]-[seed_last]-[none]", t, now) == "5-8"
+    assert expand_pattern("[styles]", t, now) == "None"
+    assert expand_pattern("[prompt_words]", {**t, "prompt": "!!"}, now) == "empty"
+    assert expand_pattern("[prompt_no_styles]", t, now) == "a red fox"
+    assert len(expand_pattern("[prompt_hash<12>]", t, now)) == 12
+    assert expand_pattern("[negative_prompt_hash]", t, now) != expand_pattern("[full_prompt_hash]", t, now)
+    assert expand_pattern("[hasprompt<fox|foxy><cat|cat|nocat>]", t, now) == "foxynocat"
+    assert expand_pattern("[seed]-b[batch_number]", t, now) == "5", "a batch of one: no number, nor its lead-in"
+    assert expand_pattern("[seed]-b[batch_number]", {**t, "batch_size": 2, "batch_number": 2}, now) == "5-b2"
+    # each value is capped, so a long prompt cannot push the seed out of the name
+    assert expand_pattern("[prompt_spaces]-[seed]", {**t, "prompt": "word " * 100}, now).endswith("-5")
+    assert "#" not in expand_pattern("[prompt_spaces]", {"prompt": "#1 fox"}, now)
+    pic = image()
+    assert len(expand_pattern("[image_hash]", {"image": pic}, now)) == 8
 
 
 def test_pattern_file_name(tmp_path: Path) -> None:
@@ -196,3 +216,36 @@ def test_make_grid_layout() -> None:
     assert grid.getpixel((32, 72)) == (0, 0, 255)  # smaller image centred in its cell
     assert grid.getpixel((1, 49)) == (0, 0, 0)
     assert grid.getpixel((100, 60)) == (0, 0, 0)  # empty spot
+
+
+def test_saving_settings_through_the_engine(engine, data_dir) -> None:
+    """A1111's saving settings at work on real jobs: no infotext inside with enable_pnginfo off, a .txt beside with
+    save_txt, no counter with save_images_add_number off (never overwriting), sub-folders from tokens with "/",
+    and each image's own values in its name ([width] is the image's size after hires fix, [batch_number])."""
+    from webui.core.request import GenerationRequest
+    base = {"sd_model_checkpoint": "tiny-sd1.safetensors", "save_to_dirs": True}
+
+    def run(opts, **kw):
+        req = GenerationRequest(prompt="a red fox", steps=2, width=64, height=64, seed=77,
+                                override_settings={**base, **opts}, **kw)
+        return engine.txt2img(req, save=True)
+
+    res = run({"enable_pnginfo": False, "save_txt": True, "directories_filename_pattern": "saving-[seed]/[model_name]",
+               "samples_filename_pattern": "[seed]-[width]x[height]-b[batch_number]"})
+    path = res.saved[0]
+    assert path.parent == data_dir / "outputs" / "txt2img-images" / "saving-77" / "tiny-sd1"
+    assert path.name.endswith("-77-64x64.png"), path.name   # a batch of one: no "-b1"
+    assert read_infotext(path)[0] is None
+    assert path.with_suffix(".txt").read_text().strip() == res.infotexts[0]
+
+    opts = {"save_images_add_number": False, "directories_filename_pattern": "saving-nonumber",
+            "samples_filename_pattern": "[seed]-[width]-b[batch_number]"}
+    opts["grid_save"] = False
+    first_res = run(opts, batch_size=2)
+    first, again = first_res.saved, run(opts, batch_size=2).saved
+    assert [p.name for p in first] == ["77-64-b1.png", "78-64-b2.png"]
+    assert [p.name for p in again] == ["77-64-b1_1.png", "78-64-b2_1.png"], "a taken name is never overwritten"
+    assert read_infotext(first[1])[0] == first_res.infotexts[-1]   # the infotext is inside by default
+    hires = run({**opts, "samples_filename_pattern": "[width]x[height]-hr"}, enable_hr=True, hr_scale=1.5,
+                hr_upscaler="Latent", denoising_strength=0.5, hr_second_pass_steps=1)
+    assert hires.saved[0].name == "96x96-hr.png"

@@ -37,9 +37,15 @@ def _defs() -> dict[str, Setting]:
         "randn_source": s("GPU", "Random number generator source", "Stable Diffusion", choices=("GPU", "CPU")),
         "samples_save": s(True, "Always save all generated images"),
         "samples_format": s("png", "File format for images", choices=("png", "jpg", "jpeg", "webp")),
-        "samples_filename_pattern": s("", "Images filename pattern ([seed] when empty)"),
+        "samples_filename_pattern": s("", "Images filename pattern ([seed] when empty; [seed]-[prompt_spaces] "
+                                          "when not saving to a subdirectory)"),
+        "save_images_add_number": s(True, "Add number to filename when saving"),
         "save_to_dirs": s(True, "Save images to a subdirectory"),
-        "directories_filename_pattern": s("[date]", "Directory name pattern"),
+        "directories_filename_pattern": s("[date]", "Directory name pattern (\"/\" nests folders; "
+                                              "[prompt_words] when empty)"),
+        "directories_max_prompt_words": s(8, "Max prompt words for [prompt_words] pattern", minimum=1, maximum=20),
+        "enable_pnginfo": s(True, "Save text information about generation parameters as chunks to png files"),
+        "save_txt": s(False, "Create a text file next to every image with generation parameters"),
         "grid_save": s(True, "Always save all generated image grids"),
         "save_incomplete_images": s(False, "Save incomplete images (interrupted or skipped)"),
         "save_init_img": s(False, "Save init images when using img2img (outdir_init_images, named by MD5)"),

@@ -13,6 +13,7 @@ from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core import infotext as infotext_fmt
 from webui.core import prompt_parser
+from webui.core import samplers as core_samplers
 from webui.core.errors import InvalidField, NotFound, StudioError
 from webui.core.request import (
     MASKED_CONTENT,
@@ -418,8 +419,16 @@ class Engine:
                 res.infotexts.append(text)
                 images.append(image)
                 if save and not req.do_not_save_samples and (not stopped or opts.get("save_incomplete_images")):
+                    label = core_samplers.schedule_label(engine_samplers.effective_schedule(sampler, schedule))
+                    tokens = {"prompt": prompts[i], "negative_prompt": negatives[i], "seed_first": seeds[0],
+                              "seed_last": seeds[-1], "batch_number": j + 1, "generation_number": i + 1,
+                              "clip_skip": clip_skip, "job_timestamp": res.job_timestamp, "sampler": sampler,
+                              "scheduler": label, "sampler_scheduler": sampler if label == "Automatic"
+                              else f"{sampler} {label}",
+                              "denoising": req.denoising_strength if (init is not None or hires) else None}
                     res.saved.append(self._save(image, text, seeds[i], req, model, opts,
-                                                "outdir_img2img_samples" if init else "outdir_txt2img_samples"))
+                                                "outdir_img2img_samples" if init else "outdir_txt2img_samples",
+                                                tokens))
                     if init is not None:   # settings save_init_img, save_mask
                         res.saved.extend(init.save_extras(req, opts, i, seeds[i], self._outdir))
             if stopped and job.interrupted:
@@ -430,10 +439,11 @@ class Engine:
         if grid_wanted:
             grid = saving.make_grid(images, batch_size=req.batch_size)
             if save and opts.get("grid_save") and not req.do_not_save_grid:
-                grids = "outdir_img2img_grids" if init else "outdir_txt2img_grids"
-                res.saved.append(saving.save_grid(grid, self._outdir(opts, grids),
-                                                  res.infotexts[0], fmt=_ext(opts.get("grid_format")),
-                                                  jpeg_quality=int(opts.get("jpeg_quality", 80))))
+                res.saved.append(self.save_grid(grid, res.infotexts[0], opts, img2img=init is not None,
+                                                 tokens={"seed": seeds[0], "prompt": prompts[0],
+                                                         "negative_prompt": negatives[0], "steps": req.steps,
+                                                         "cfg": req.cfg_scale, "styles": req.styles,
+                                                         "model_name": Path(model.info.filename).stem}))
             if opts.get("return_grid"):
                 res.images = [grid, *images]
                 res.infotexts = [res.infotexts[0], *res.infotexts]
@@ -553,33 +563,50 @@ class Engine:
                    **(res.init.infotext(req) if res.init else {}), **res.extra_params})
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
-    def save_grid(self, grid, text: str | None, opts: dict, *, img2img: bool = False) -> Path:
-        """Save a grid (a script's) into the txt2img or img2img grids folder, in the grid format."""
-        folder = self._outdir(opts, "outdir_img2img_grids" if img2img else "outdir_txt2img_grids")
-        return saving.save_grid(grid, folder, text, fmt=_ext(opts.get("grid_format")),
-                                jpeg_quality=int(opts.get("jpeg_quality", 80)))
+    def save_grid(self, grid, text: str | None, opts: dict, *, img2img: bool = False,
+                  tokens: dict | None = None) -> Path:
+        """Save a grid (a job's or a script's) into the txt2img or img2img grids folder, in the grid format."""
+        folder = self._outdir(opts, "outdir_img2img_grids" if img2img else "outdir_txt2img_grids", tokens)
+        return saving.save_grid(grid, folder, text if opts.get("enable_pnginfo", True) else None,
+                                fmt=_ext(opts.get("grid_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
 
-    def _outdir(self, opts: dict, key: str) -> Path:
+    def _outdir(self, opts: dict, key: str, tokens: dict | None = None) -> Path:
+        """The folder for ``key``'s outputs; with save_to_dirs, the sub-folders directories_filename_pattern
+        names ("/" in it nests them), filled from ``tokens`` as the file name is."""
         base = opts.get("outdir_samples") if key.endswith("_samples") and opts.get("outdir_samples") else opts[key]
         folder = Path(base)
         if not folder.is_absolute():
             folder = self.paths.data / folder
         if opts.get("save_to_dirs"):
-            folder = folder / saving.expand_pattern(str(opts.get("directories_filename_pattern") or "[date]"), {})
+            pattern = str(opts.get("directories_filename_pattern") or "[prompt_words]")   # A1111's fallback
+            for part in pattern.replace("\\", "/").split("/"):
+                name = saving.expand_pattern(part, tokens or {}, max_prompt_words=int(
+                    opts.get("directories_max_prompt_words", 8)))
+                if name and name not in (".", ".."):
+                    folder = folder / name
         return folder
 
     def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict,
-              folder_key: str = "outdir_txt2img_samples") -> Path:
-        tokens = {"seed": seed, "prompt": req.prompt, "steps": req.steps, "cfg": req.cfg_scale, "styles": req.styles,
-                  "sampler": req.sampler_name, "model_name": model.info.model_name,
-                  "model_hash": model.info.shorthash, "width": req.width, "height": req.height}
-        folder = self._outdir(opts, folder_key)
+              folder_key: str = "outdir_txt2img_samples", tokens: dict | None = None) -> Path:
+        """Save one image as the settings say (file name pattern, sub-folders, format, infotext inside or not,
+        a .txt beside it); ``tokens``: the image's own values for the name (its prompt, batch number, ...)."""
+        tokens = {"seed": seed, "prompt": req.prompt, "prompt_no_styles": req.prompt,
+                  "negative_prompt": req.negative_prompt, "steps": req.steps, "cfg": req.cfg_scale,
+                  "styles": req.styles, "sampler": req.sampler_name, "model_name": Path(model.info.filename).stem,
+                  "model_hash": model.info.shorthash, "width": image.width, "height": image.height,
+                  "batch_size": req.batch_size, "image": image, **(tokens or {})}
+        folder = self._outdir(opts, folder_key, tokens)
         params = ImageSaveParams(image, req, str(folder), {"parameters": text})
         for listener in self.events.before_image_saved:
             listener(params)
+        pattern = opts.get("samples_filename_pattern") or ("[seed]" if opts.get("save_to_dirs")
+                                                           else "[seed]-[prompt_spaces]")
         path = saving.save_image(params.image, folder, params.pnginfo.get("parameters"), tokens=tokens,
-                                 pattern=str(opts.get("samples_filename_pattern") or "[seed]"),
-                                 fmt=_ext(opts.get("samples_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
+                                 pattern=str(pattern), fmt=_ext(opts.get("samples_format")),
+                                 jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                 sidecar_txt=bool(opts.get("save_txt")),
+                                 add_number=bool(opts.get("save_images_add_number", True)),
+                                 embed_infotext=bool(opts.get("enable_pnginfo", True)))
         params.filename = str(path)
         for listener in self.events.image_saved:
             listener(params)

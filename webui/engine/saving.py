@@ -38,17 +38,20 @@ except ImportError:  # Windows: no folder lock; os.link still never overwrites
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 KNOWN_TOKENS = frozenset({
-    "seed", "steps", "cfg", "width", "height", "sampler", "scheduler", "model_name", "model_hash", "styles",
-    "prompt", "prompt_spaces", "prompt_words", "prompt_hash", "date", "datetime", "job_timestamp",
-    "batch_number", "generation_number", "clip_skip", "denoising", "user",
+    "seed", "seed_first", "seed_last", "steps", "cfg", "width", "height", "sampler", "scheduler",
+    "sampler_scheduler", "model_name", "model_hash", "vae_filename", "styles", "prompt", "prompt_spaces",
+    "prompt_words", "prompt_hash", "prompt_no_styles", "negative_prompt_hash", "full_prompt_hash", "hasprompt",
+    "date", "datetime", "job_timestamp", "batch_number", "batch_size", "generation_number", "clip_skip",
+    "denoising", "user", "image_hash", "none",
 })
 IGNORED_INFO_KEYS = frozenset({
     "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background", "timestamp",
     "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop", "transparency",
     "gamma", "srgb", "aspect", "xmp",
 })
-TOKEN_RE = re.compile(r"\[(\w+)((?:<[^>]*>){0,2})\]")
-INVALID_CHARS = {ord(c): "_" for c in '<>:"/\\|?*'} | {c: "_" for c in [*range(32), 127]}
+TOKEN_RE = re.compile(r"\[(\w+)((?:<[^>]*>)*)\]")
+# "#" too: Gradio's gallery shows a file whose name has one as a broken image (A1111 replaces it since 1.8)
+INVALID_CHARS = {ord(c): "_" for c in '<>:"/\\|?*#'} | {c: "_" for c in [*range(32), 127]}
 MAX_NAME_CHARS = 128
 MAX_NAME_BYTES = 200
 DEFAULT_DATETIME = "%Y%m%d%H%M%S"
@@ -61,11 +64,11 @@ def date_folder(root: Path, kind: str, now: datetime | None = None) -> Path:
     return Path(root) / kind / (now or datetime.now()).strftime("%Y-%m-%d")
 
 
-def sanitize_filename_part(text: str, replace_spaces: bool = False) -> str:
+def sanitize_filename_part(text: str, replace_spaces: bool = False, max_chars: int = MAX_NAME_CHARS) -> str:
     """Text safe inside a file name: invalid and control characters become "_", length is capped."""
     if replace_spaces:
         text = text.replace(" ", "_")
-    text = text.translate(INVALID_CHARS).lstrip(" ")[:MAX_NAME_CHARS]
+    text = text.translate(INVALID_CHARS).lstrip(" ")[:max_chars]
     while len(text.encode("utf-8")) > MAX_NAME_BYTES:
         text = text[:-1]
     return text.rstrip(" .")
@@ -87,38 +90,78 @@ def expand_pattern(pattern: str, tokens: Mapping[str, object] | None = None, now
                    max_prompt_words: int = 8) -> str:
     """Expand A1111 file name tokens ("[seed]-[prompt_words]") into a sanitised name part.
 
-    Tokens: [seed] [steps] [cfg] [width] [height] [sampler] [scheduler] [model_name] [model_hash] [styles]
-    [prompt] (spaces -> "_") [prompt_spaces] [prompt_words] (first ``max_prompt_words`` words) [prompt_hash]
-    (8 hex of sha256) [date] [datetime] [datetime<%Y%m%d><Europe/Paris>] [job_timestamp] and any other key
-    of ``tokens``. Case-insensitive. A known token with no value expands to nothing; an unknown one is kept.
+    Tokens, case-insensitive: [seed] [seed_first] [seed_last] [steps] [cfg] [width] [height] [sampler]
+    [scheduler] [sampler_scheduler] [model_name] [model_hash] [vae_filename] [styles] ("None" when there are
+    none) [prompt] (spaces -> "_") [prompt_spaces] [prompt_words] (the first ``max_prompt_words`` words, "empty"
+    when there are none) [prompt_hash] [prompt_no_styles] [negative_prompt_hash] [full_prompt_hash] (8 hex of
+    sha256, or [prompt_hash<N>] for N) [hasprompt<word|if there><other|else>...] [date] [datetime]
+    [datetime<%Y%m%d><Europe/Paris>] [job_timestamp] [batch_number] (nothing, and the text before it, for a
+    batch of one) [batch_size] [generation_number] [clip_skip] [denoising] [image_hash] [none] and any other key
+    of ``tokens``. A known token with no value expands to nothing; an unknown one is kept. Each value is capped
+    at 128 characters, so a long prompt cannot push the tokens after it out of the name.
     """
     values = {str(k).lower(): v for k, v in (tokens or {}).items()}
     now = now or datetime.now()
-    prompt = str(values.get("prompt") or "")
 
-    def replace(match: re.Match[str]) -> str:
-        name, args = match.group(1).lower(), re.findall(r"<([^>]*)>", match.group(2))
+    def digest(text: str, args: list[str]) -> str:
+        n = int(args[0]) if args and args[0].isdigit() else 8
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+    def value_of(name: str, args: list[str]) -> str | None:
+        """The token's text; None to keep the token as written."""
+        prompt = str(values.get("prompt") or "")
         if name == "datetime":
             return _datetime_text(now, *args)
         if name == "date":
             return now.date().isoformat()
-        if name.startswith("prompt") and name in KNOWN_TOKENS:
-            if not prompt:
+        if name == "none":
+            return ""
+        if name == "prompt_words":
+            if "prompt" not in values:
                 return ""
-            if name == "prompt_words":
-                return " ".join(re.findall(r"[^\W_]+", prompt)[:max_prompt_words])
-            if name == "prompt_hash":
-                return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8]
-            return prompt.replace(" ", "_") if name == "prompt" else prompt
+            return " ".join(re.findall(r"[^\W_]+", prompt)[:max_prompt_words]) or "empty"
+        if name in ("prompt_hash", "negative_prompt_hash", "full_prompt_hash"):
+            negative = str(values.get("negative_prompt") or "")
+            text = {"prompt_hash": prompt, "negative_prompt_hash": negative}.get(name, f"{prompt} {negative}")
+            return digest(text, args) if text.strip() else ""
+        if name in ("prompt", "prompt_spaces", "prompt_no_styles"):
+            text = str(values.get("prompt_no_styles" if name == "prompt_no_styles" else "prompt") or "")
+            return text.replace(" ", "_") if name == "prompt" else text
+        if name == "hasprompt":
+            low = prompt.lower()
+            out = []
+            for arg in args:
+                word, _, rest = arg.partition("|")
+                if_there, _, otherwise = rest.partition("|") if "|" in rest else (rest, "", "")
+                out.append((if_there or word) if word.lower() in low else otherwise)
+            return "".join(out)
+        if name == "styles":
+            styles = [str(x) for x in values.get("styles") or [] if str(x) != "None"]
+            return ", ".join(styles) or ("None" if "styles" in values else "")
+        if name == "image_hash":
+            image = values.get("image")
+            return digest(image.tobytes().hex(), args) if isinstance(image, Image.Image) else ""
+        if name == "cfg" and isinstance(values.get("cfg"), (int, float)):
+            return str(float(values["cfg"]))   # as A1111's: 7.0
         value = values.get(name)
         if value is None:
-            return "" if name in KNOWN_TOKENS else match.group(0)
+            return "" if name in KNOWN_TOKENS else None
         if isinstance(value, (list, tuple)):
             return ", ".join(format_value(v) for v in value)
         return format_number(value) if isinstance(value, float) else format_value(value)
 
-    text = sanitize_filename_part(TOKEN_RE.sub(replace, pattern))
-    return text.strip(" -_.")
+    out, last = "", 0
+    for match in TOKEN_RE.finditer(pattern):
+        name, args = match.group(1).lower(), re.findall(r"<([^>]*)>", match.group(2))
+        text = pattern[last:match.start()]
+        value = value_of(name, args)
+        if name == "batch_number" and values.get("batch_size") == 1:
+            text, value = "", ""   # A1111: a batch of one has no number, nor the text that leads to it
+        out += text + (match.group(0) if value is None else value[:MAX_NAME_CHARS])
+        last = match.end()
+    out += pattern[last:]
+    # the whole name is held to MAX_NAME_BYTES (file systems allow 255 with the counter and suffix)
+    return sanitize_filename_part(out, max_chars=MAX_NAME_BYTES).strip(" -_.")
 
 
 def next_counter(folder: Path, prefix: str = "") -> int:
@@ -205,13 +248,14 @@ def _place(temp: Path, target: Path) -> bool:
 
 
 def _save_new(folder: Path, files: Sequence[tuple[str, bytes]], prefix: str,
-              name: Callable[[int], str]) -> Path:
-    """Save ``files`` (suffix, bytes) under the first free counter; returns the first file's path."""
+              name: Callable[[int], str], numbered: bool = True) -> Path:
+    """Save ``files`` (suffix, bytes) under the first free counter (``numbered``: counting on from the folder's
+    highest, else from 0); returns the first file's path."""
     folder.mkdir(parents=True, exist_ok=True)
     temps = [_write_temp(folder, data) for _, data in files]
     try:
         with _folder_lock(folder):
-            counter = next_counter(folder, prefix)
+            counter = next_counter(folder, prefix) if numbered else 0
             for _ in range(10_000):
                 stem = name(counter)
                 counter += 1
@@ -230,17 +274,24 @@ def _save_new(folder: Path, files: Sequence[tuple[str, bytes]], prefix: str,
 
 def save_image(image: Image.Image, folder: Path, infotext: str | None, *, tokens: Mapping[str, object] | None = None,
                pattern: str = "[seed]", fmt: str = "png", jpeg_quality: int = 95,
-               extra_info: Mapping[str, str] | None = None, sidecar_txt: bool = False,
-               now: datetime | None = None) -> Path:
+               extra_info: Mapping[str, str] | None = None, sidecar_txt: bool = False, add_number: bool = True,
+               embed_infotext: bool = True, now: datetime | None = None) -> Path:
     """Save as ``folder/NNNNN-<pattern>.<fmt>`` (e.g. 00012-1234.png); returns the new file's path.
 
     ``tokens`` fills the pattern (see ``expand_pattern``), e.g. {"seed": 1234, "prompt": ..., "steps": 20}.
     ``extra_info``: more PNG text chunks. ``sidecar_txt``: also write the infotext to NNNNN-....txt.
+    ``add_number`` False (A1111's save_images_add_number): ``<pattern>.<fmt>``, then ``<pattern>_1`` ... when the
+    name is taken (a name the pattern leaves empty is numbered still). ``embed_infotext`` False (A1111's
+    enable_pnginfo): no infotext inside the file.
     """
     decoration = expand_pattern(pattern, tokens, now)
-    files = [(f".{fmt.lower()}", encode_image(image, infotext, fmt, jpeg_quality, extra_info))]
+    files = [(f".{fmt.lower()}", encode_image(image, infotext if embed_infotext else None, fmt, jpeg_quality,
+                                              extra_info if embed_infotext else None))]
     if sidecar_txt and infotext is not None:
         files.append((".txt", f"{infotext}\n".encode()))
+    if not add_number and decoration:
+        return _save_new(Path(folder), files, "", lambda n: f"{decoration}_{n}" if n else decoration,
+                         numbered=False)
     return _save_new(Path(folder), files, "", lambda n: f"{n:05d}-{decoration}" if decoration else f"{n:05d}")
 
 

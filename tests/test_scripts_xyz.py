@@ -214,3 +214,38 @@ def test_size_clip_skip_and_img2img_denoising_axes(engine, runner):
                                                denoising_strength=strength, override_settings=dict(CKPT)),
                                 [init], save=False).images[0]
         assert np.array_equal(arr(cell), arr(single))
+
+
+def test_axis_indices_are_a1111s_and_its_missing_axes_are_refused(runner):
+    """API clients send A1111's axis indices: each means the same axis here (the lists differ between txt2img
+    and img2img as A1111's do); an A1111 axis this studio has no counterpart for is refused before any work."""
+    from webui.scripts.xyz_grid import find_axis
+    t2i = {0: "Nothing", 5: "Hires steps", 7: "Prompt S/R", 11: "Checkpoint name", 13: "Sigma Churn",
+           17: "Schedule type", 21: "Eta", 22: "Clip skip", 23: "Denoising", 26: "Hires upscaler", 27: "VAE",
+           28: "Styles", 37: "RNG source", 39: "Size"}
+    i2i = {5: "CFG Scale", 6: "Image CFG Scale", 7: "Prompt S/R", 10: "Checkpoint name", 16: "Schedule type",
+           21: "Clip skip", 22: "Denoising", 25: "Cond. Image Mask Weight", 26: "VAE", 38: "Size"}
+    assert {k: find_axis(k, False, "X type").label for k in t2i} == t2i
+    assert {k: find_axis(k, True, "X type").label for k in i2i} == i2i
+    job = runner.submit(req(script_name=XYZ, script_args=xyz_args(13, "0, 1")), save=False)
+    with pytest.raises(InvalidField) as e:
+        job.wait(120)
+    assert "'Sigma Churn' has no counterpart" in str(e.value) and job.progress.sampling_steps == 0
+
+
+def test_cells_run_in_a1111s_order_and_seeds_vary_as_a1111s(engine, runner):
+    """X changes fastest, then Y (A1111 loops Z, Y, X); "Vary seeds for Y" alone adds the row's index."""
+    steps_seen = []
+
+    def listener(params) -> None:
+        if params.sampling_step == 0:
+            steps_seen.append(params.total_sampling_steps)
+    engine.events.cfg_denoiser.append(listener)
+    try:
+        res = runner.run(req(script_name=XYZ, script_args=xyz_args("Steps", "2, 3", "CFG Scale", "5, 9, 11",
+                                                                   vary_seeds_y=True)), save=False)
+    finally:
+        engine.events.cfg_denoiser.remove(listener)
+    assert steps_seen == [2, 3, 2, 3, 2, 3]
+    seeds = [int(infotext.parse_infotext(t)["Seed"]) for t in res.infotexts[res.index_of_first_image:]]
+    assert seeds == [100, 100, 101, 101, 102, 102]

@@ -5,11 +5,13 @@ sub-grids side by side). run()'s arguments follow A1111's order, so API clients 
     z_values_dropdown, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
     vary_seeds_x, vary_seeds_y, vary_seeds_z, margin_size, csv_mode
 
-An axis type is its label ("CFG Scale", case-insensitive) or its index in this tab's list (AXES_TXT2IMG /
-AXES_IMG2IMG; for txt2img the indices match A1111's up to "Checkpoint name"). Every value of every axis, and
-every cell, is checked before the first image is made; the number of cells is capped by the setting
-xyz_max_cells. Not offered: A1111's sigma/eta-noise axes the loop has no use for, Styles, Face restore,
-UniPC order, Refiner, FP8 and Token merging ratio (the loop has no token merging).
+An axis type is its label ("CFG Scale", case-insensitive) or its index in this tab's list, which is A1111's
+list in A1111's order (so an API client's indices mean the same axes). Every value of every axis, and every
+cell, is checked before the first image is made; the number of cells is capped by the setting xyz_max_cells.
+Cells run in A1111's order (X fastest, Z slowest, an axis dearer than the others outermost). A1111's axes with no
+counterpart in this studio's sampler (the sigma and schedule-sigma axes, Image CFG Scale, Initial/Extra noise,
+UniPC order, Face restore, Token merging, Refiner, FP8 ...) are listed to keep the indices and refused with a
+message.
 """
 from __future__ import annotations
 
@@ -100,6 +102,7 @@ class Axis:
     cost: float = 0.0                          # expensive axes change least often (checkpoints load once)
     choices: Callable[[Any], list[str]] | None = None
     tab: str | None = None                     # "txt2img" / "img2img" only, or both
+    supported: bool = True                     # False: one of A1111's axes kept only for its index
 
 
 def _checkpoints(engine) -> list[str]:
@@ -131,6 +134,22 @@ def _rng(engine) -> list[str]:
     return list(d.choices) if d is not None and d.choices else ["GPU", "CPU"]
 
 
+def _styles(p: StableDiffusionProcessing, value: str, values: list) -> None:
+    p.styles = [*(p.styles or []), *[s.strip() for s in value.split(",") if s.strip()]]
+
+
+def _style_names(engine) -> list[str]:
+    return list(engine.styles.names())
+
+
+def _unsupported(label: str, tab: str | None = None, kind: str = "float") -> Axis:
+    """One of A1111's axes that this studio's sampling has no counterpart for: listed so that every axis keeps
+    A1111's index (API clients send indices), refused with a message before any work."""
+    return Axis(label, kind, _nothing, tab=tab, supported=False)
+
+
+# A1111's axes in A1111's order (txt2img and img2img lists differ by the tab-only ones), so an index an API
+# client sends means the same axis here as there.
 AXES: tuple[Axis, ...] = (
     Axis("Nothing", "str", _nothing, show="none"),
     Axis("Seed", "int", _field("seed")),
@@ -139,18 +158,41 @@ AXES: tuple[Axis, ...] = (
     Axis("Steps", "int", _field("steps")),
     Axis("Hires steps", "int", _field("hr_second_pass_steps"), tab="txt2img"),
     Axis("CFG Scale", "float", _field("cfg_scale")),
+    _unsupported("Image CFG Scale", tab="img2img"),            # instruct-pix2pix models only
     Axis("Prompt S/R", "str", _prompt_sr, show="value"),
     Axis("Prompt order", "permutations", _prompt_order, show="value"),
-    Axis("Sampler", "str", _field("sampler_name"), show="value", choices=_samplers),
+    Axis("Sampler", "str", _field("sampler_name"), show="value", choices=_samplers, tab="txt2img"),
     Axis("Hires sampler", "str", _field("hr_sampler_name"), choices=_samplers, tab="txt2img"),
+    Axis("Sampler", "str", _field("sampler_name"), show="value", choices=_samplers, tab="img2img"),
     Axis("Checkpoint name", "str", _checkpoint, show="path", cost=1.0, choices=_checkpoints),
+    _unsupported("Negative Guidance minimum sigma"),
+    _unsupported("Sigma Churn"),
+    _unsupported("Sigma min"),
+    _unsupported("Sigma max"),
+    _unsupported("Sigma noise"),
     Axis("Schedule type", "str", _field("scheduler"), choices=_schedules),
+    _unsupported("Schedule min sigma"),
+    _unsupported("Schedule max sigma"),
+    _unsupported("Schedule rho"),
     Axis("Eta", "float", _field("eta")),
     Axis("Clip skip", "int", _override("CLIP_stop_at_last_layers")),
     Axis("Denoising", "float", _field("denoising_strength")),
+    _unsupported("Initial noise multiplier"),
+    _unsupported("Extra noise"),
     Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=_hires_upscalers, tab="txt2img"),
+    Axis("Cond. Image Mask Weight", "float", _override("inpainting_mask_weight"), tab="img2img"),
     Axis("VAE", "str", _override("sd_vae"), cost=0.7, choices=_vaes),
+    Axis("Styles", "str", _styles, show="value", choices=_style_names),
+    _unsupported("UniPC Order", kind="int"),
+    _unsupported("Face restore", kind="str"),
+    _unsupported("Token merging ratio"),
+    _unsupported("Token merging ratio high-res"),
+    _unsupported("Always discard next-to-last sigma", kind="str"),
+    _unsupported("SGM noise multiplier", kind="str"),
+    _unsupported("Refiner checkpoint", kind="str"),
+    _unsupported("Refiner switch at"),
     Axis("RNG source", "str", _override("randn_source"), choices=_rng),
+    _unsupported("FP8 mode", kind="str"),
     Axis("Size", "size", _size),
 )
 
@@ -199,7 +241,7 @@ class XYZPlot(Script):
         import gradio as gr
 
         axes = axes_for(is_img2img)
-        labels = [a.label for a in axes]
+        labels = [a.label if a.supported else f"{a.label} (not available)" for a in axes]
         engine = self.engine
         rows = []
         for name, default in (("x", 1), ("y", 0), ("z", 0)):
@@ -268,6 +310,10 @@ class XYZPlot(Script):
         axis = find_axis(kind, p.is_img2img, f"{name} type")
         if axis.label == "Nothing":
             return PlotAxis(axis, [None], "", name)
+        if not axis.supported:
+            usable = ", ".join(a.label for a in axes_for(p.is_img2img) if a.supported and a.label != "Nothing")
+            raise InvalidField("script_args", f"{name} type: A1111's axis {axis.label!r} has no counterpart in "
+                                              f"this studio's sampler; usable axes: {usable}")
         use_dropdown = bool(axis.choices) and not csv_mode and bool(dropdown)
         items = list(dropdown) if use_dropdown and isinstance(dropdown, (list, tuple)) else None
         try:
@@ -331,8 +377,9 @@ class XYZPlot(Script):
             for a, i in zip(axes, (ix, iy, iz)):
                 a.axis.apply(pc, a.values[i], a.values)
             if any(vary) and isinstance(pc.seed, int) and pc.seed != -1:
-                pc.seed += (ix if vary[0] else 0) + (iy * len(xs) if vary[1] else 0) + \
-                    (iz * len(xs) * len(ys) if vary[2] else 0)
+                # as A1111: an index counts in units of the axes before it only where those vary seeds too
+                nx, ny = (len(xs) if vary[0] else 1), (len(ys) if vary[1] else 1)
+                pc.seed += (ix if vary[0] else 0) + (iy * nx if vary[1] else 0) + (iz * nx * ny if vary[2] else 0)
             return pc
 
         # every value alone, then every cell: bad input fails here, before the first image
@@ -352,9 +399,16 @@ class XYZPlot(Script):
             raise InvalidField("script_args", f"the grid would be {mp:.0f} megapixels; the setting img_max_size_mp "
                                               f"allows {opts.get('img_max_size_mp')}")
 
-        # the most expensive axis changes least often (each checkpoint loads once)
-        order = sorted(range(3), key=lambda k: -axes[k].axis.cost)
-        cells.sort(key=lambda c: tuple(c[k] for k in order))
+        # A1111's order: Z outermost, then Y, X changing fastest; an axis dearer than both others (checkpoints,
+        # VAEs) goes outermost instead, so each of its values loads once
+        costs = [a.axis.cost for a in axes]
+        first, second = 2, 1
+        for k in range(3):
+            a, b = [o for o in range(3) if o != k]
+            if costs[k] > costs[a] and costs[k] > costs[b]:
+                first, second = k, (a if costs[a] > costs[b] else b)
+        inner = 3 - first - second
+        cells.sort(key=lambda c: (c[first], c[second], c[inner]))
         results: dict[tuple[int, int, int], Processed] = {}
         notes: list[str] = []
         for k, (ix, iy, iz) in enumerate(cells):

@@ -113,6 +113,19 @@ def test_prompts_from_file_prefix_and_iterate(runner):
     assert [g["Seed"] for g in got] == ["21", "22"]
 
 
+def test_prompts_from_file_iterate_keeps_a_lines_own_seed_and_saves_no_grids(runner):
+    """As A1111: the running seed steps by the request's batch (1 here), a line's --seed wins over it, a line of
+    several images saves no grid of its own, and --sampler_index is an index into the sampler list."""
+    from webui.core.samplers import sampler_names
+    text = "cat\n--prompt dog --seed 5\n--prompt fox --n_iter 2 --sampler_index 0"
+    res = runner.run(req(prompt="", script_name="Prompts from file or textbox",
+                         script_args=[True, False, "start", text]), save=True)
+    got = [params(t) for t in res.infotexts]
+    assert [g["Seed"] for g in got] == ["21", "5", "23", "24"]
+    assert got[2]["Sampler"] == sampler_names()[0]
+    assert len(res.saved) == 4 and not any(p.name.startswith("grid") for p in res.saved)
+
+
 def test_prompts_from_file_bad_lines_named_before_work(runner):
     text = "fine\n--steps abc\n--wat 1\n--prompt\n"
     job = runner.submit(req(script_name="Prompts from file or textbox", script_args=[False, False, "start", text]),

@@ -36,6 +36,18 @@ OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _sampler_from_index(value: str) -> str:
+    from webui.core.samplers import sampler_names
+    names = sampler_names()
+    text = str(value).strip()
+    if text.isdigit():
+        if int(text) >= len(names):
+            raise InvalidField("script_args", f"prompts: --sampler_index {text} is past the last sampler "
+                                              f"({len(names) - 1} {names[-1]})")
+        return names[int(text)]
+    return text
+
+
 def parse_line(line: str) -> dict[str, Any]:
     """The options of one line ("--key value ..."), or {"prompt": line} for a plain prompt."""
     if not line.lstrip().startswith("--"):
@@ -121,9 +133,12 @@ class PromptsFromFile(Script):
         seed = p.seed
         for number, options in jobs:     # check every line before the first image
             q = self._copy(p, options, prompt_position)
+            q.do_not_save_grid = True    # as A1111: no grid per line
             if checkbox_iterate:
-                q.seed = seed
-                seed += q.batch_size * q.n_iter
+                # as A1111: the running seed steps by the request's batch, and a line's own --seed wins
+                if "seed" not in options:
+                    q.seed = seed
+                seed += p.batch_size * p.n_iter
             try:
                 self.engine.prepare(q.to_request())
             except StudioError as e:
@@ -158,8 +173,8 @@ class PromptsFromFile(Script):
                 q.override_settings["sd_model_checkpoint"] = value
             elif key == "clip_skip":
                 q.override_settings["CLIP_stop_at_last_layers"] = value
-            elif key == "sampler_index":
-                q.sampler_name = value
+            elif key == "sampler_index":   # A1111: an index into the sampler list (a name is taken too)
+                q.sampler_name = _sampler_from_index(value)
             else:
                 setattr(q, key, value)
         for key in ("prompt", "negative_prompt"):

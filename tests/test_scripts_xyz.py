@@ -249,3 +249,14 @@ def test_cells_run_in_a1111s_order_and_seeds_vary_as_a1111s(engine, runner):
     assert steps_seen == [2, 3, 2, 3, 2, 3]
     seeds = [int(infotext.parse_infotext(t)["Seed"]) for t in res.infotexts[res.index_of_first_image:]]
     assert seeds == [100, 100, 101, 101, 102, 102]
+
+
+def test_without_sub_images_the_info_still_lists_every_cell(runner):
+    """As A1111: only the grid comes back as an image, but infotexts (grid first) and all_seeds (cells only, as
+    A1111 leaves grids out of all_seeds) still hold every cell, so a client can read each cell's seed."""
+    res = runner.run(req(script_name=XYZ, script_args=xyz_args("Seed", "7, 8, 9", include_lone_images=False)),
+                     save=False)
+    assert len(res.images) == 1 and res.index_of_first_image == 1
+    assert [int(infotext.parse_infotext(t)["Seed"]) for t in res.infotexts[1:]] == [7, 8, 9]
+    assert res.seeds == [7, 8, 9]
+    assert "X Type: Seed" in res.infotexts[0]

@@ -467,27 +467,25 @@ class XYZPlot(Script):
         first = next((t for t in texts if t), "")
         grid_text = _grid_infotext(first, axes, with_z=True)
         out_images, out_texts = [grid], [grid_text]
-        out_seeds, out_prompts = [seeds[0]], [prompts[0]]
         saved_grid = save_grid(p, grid, grid_text)
         if len(zs) > 1 and include_sub_grids:
             for z, sg in enumerate(sub_grids):
                 text = _grid_infotext(texts[z * per] or first, axes, with_z=False)
                 out_images.append(sg)
                 out_texts.append(text)
-                out_seeds.append(seeds[z * per])
-                out_prompts.append(prompts[z * per])
                 if saved_grid is not None:
                     save_grid(p, sg, text)
         grids = len(out_images)
+        # as A1111: infotexts hold the grids' then every made cell's, all_seeds / all_prompts every made cell's
+        # (no grid entries), also when the cell images themselves are left out of the response
+        keep = [i for i, t in enumerate(texts) if t]
+        out_texts += [texts[i] for i in keep]
+        out_seeds, out_prompts = [seeds[i] for i in keep], [prompts[i] for i in keep]
         if include_lone_images:
-            keep = [i for i, t in enumerate(texts) if t]
             out_images += [cells[i] for i in keep]
-            out_texts += [texts[i] for i in keep]
-            out_seeds += [seeds[i] for i in keep]
-            out_prompts += [prompts[i] for i in keep]
-        out = Processed(p, out_images, out_seeds[0] if out_seeds[0] is not None else -1, grid_text,
+        out = Processed(p, out_images, out_seeds[0] if out_seeds else -1, grid_text,
                         all_prompts=out_prompts, all_seeds=out_seeds, infotexts=out_texts,
-                        index_of_first_image=grids if include_lone_images else 0)
+                        index_of_first_image=grids)
         out.notes = notes
         out.interrupted = len(results) < len(xs) * len(ys) * len(zs)
         out.result = next(iter(results.values())).result

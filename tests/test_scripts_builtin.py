@@ -67,6 +67,7 @@ def test_prompt_matrix_images_prompts_and_grid(engine, runner):
     assert prompts == ["a circle", "a circle, red", "a circle, big", "a circle, red, big", "a circle, blurry",
                        "a circle, red, blurry", "a circle, big, blurry", "a circle, red, big, blurry"]
     assert {params(t)["Seed"] for t in res.infotexts[1:]} == {"21"}          # same seed unless asked
+    assert res.seeds == [21] * 8 and res.prompts == prompts   # as A1111: no grid entry in all_seeds/all_prompts
     # 2 variable parts across (4 columns), 1 down (2 rows), labels left and above
     pad_left, pad_top = grid.width - 4 * 64, grid.height - 2 * 64
     assert pad_left > 0 and pad_top > 0

@@ -92,11 +92,11 @@ class PromptMatrix(Script):
         across, down = matrix_labels(parts)
         grid = labelled_grid(images, len(across), across, down, margin=max(0, int(float(margin_size or 0))))
         save_grid(p, grid, texts[0] if texts else None)
+        # as A1111: the grid leads images and infotexts; all_prompts / all_seeds are the images' alone
         out = Processed(p, [grid, *images], processed.seed, texts[0] if texts else "",
-                        all_prompts=[processed.all_prompts[0], *processed.all_prompts],
-                        all_negative_prompts=[processed.all_negative_prompts[0], *processed.all_negative_prompts],
-                        all_seeds=[processed.all_seeds[0], *processed.all_seeds],
-                        all_subseeds=[processed.all_subseeds[0], *processed.all_subseeds], index_of_first_image=1,
-                        infotexts=[texts[0] if texts else "", *texts])
+                        all_prompts=list(processed.all_prompts),
+                        all_negative_prompts=list(processed.all_negative_prompts),
+                        all_seeds=list(processed.all_seeds), all_subseeds=list(processed.all_subseeds),
+                        index_of_first_image=1, infotexts=[texts[0] if texts else "", *texts])
         out.result, out.notes, out.interrupted = processed.result, processed.notes, processed.interrupted
         return out

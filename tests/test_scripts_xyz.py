@@ -260,3 +260,15 @@ def test_without_sub_images_the_info_still_lists_every_cell(runner):
     assert [int(infotext.parse_infotext(t)["Seed"]) for t in res.infotexts[1:]] == [7, 8, 9]
     assert res.seeds == [7, 8, 9]
     assert "X Type: Seed" in res.infotexts[0]
+
+
+def test_script_grids_are_named_as_a1111s(runner, data_dir):
+    """Saved as xyz_grid-NNNN and prompt_matrix-NNNN (a sequence each), float labels as A1111's ("5.0")."""
+    from webui.scripts.xyz_grid import AXES, _label
+    cfg = next(a for a in AXES if a.label == "CFG Scale")
+    assert _label(cfg, 5.0) == "CFG Scale: 5.0" and _label(cfg, 7.25) == "CFG Scale: 7.25"
+    res = runner.run(req(script_name=XYZ, script_args=xyz_args("Seed", "7, 8")), save=True)
+    grids = [p for p in res.saved if "grid" in p.name]
+    assert len(grids) == 1 and grids[0].name.startswith("xyz_grid-") and grids[0].stem[-4:].isdigit()
+    res = runner.run(req(prompt="a circle | red", script_name="prompt matrix"), save=True)
+    assert [p.name[:14] for p in res.saved if "matrix" in p.name] == ["prompt_matrix-"]

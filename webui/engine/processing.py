@@ -564,11 +564,13 @@ class Engine:
         return infotext_fmt.format_infotext(res.prompts[i], res.negative_prompts[i], params)
 
     def save_grid(self, grid, text: str | None, opts: dict, *, img2img: bool = False,
-                  tokens: dict | None = None) -> Path:
-        """Save a grid (a job's or a script's) into the txt2img or img2img grids folder, in the grid format."""
+                  tokens: dict | None = None, basename: str = "grid") -> Path:
+        """Save a grid (a job's or a script's) into the txt2img or img2img grids folder, in the grid format, as
+        ``<basename>-NNNN``."""
         folder = self._outdir(opts, "outdir_img2img_grids" if img2img else "outdir_txt2img_grids", tokens)
         return saving.save_grid(grid, folder, text if opts.get("enable_pnginfo", True) else None,
-                                fmt=_ext(opts.get("grid_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)))
+                                fmt=_ext(opts.get("grid_format")), jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                basename=basename)
 
     def _outdir(self, opts: dict, key: str, tokens: dict | None = None) -> Path:
         """The folder for ``key``'s outputs; with save_to_dirs, the sub-folders directories_filename_pattern

@@ -296,12 +296,15 @@ def save_image(image: Image.Image, folder: Path, infotext: str | None, *, tokens
 
 
 def save_grid(image: Image.Image, folder: Path, infotext: str | None, *, fmt: str = "png", jpeg_quality: int = 95,
-              tokens: Mapping[str, object] | None = None, pattern: str = "", now: datetime | None = None) -> Path:
-    """Save a grid as ``folder/grid-NNNN.<fmt>`` (4-digit counter, own sequence); returns the path."""
+              tokens: Mapping[str, object] | None = None, pattern: str = "", now: datetime | None = None,
+              basename: str = "grid") -> Path:
+    """Save a grid as ``folder/<basename>-NNNN.<fmt>`` (4-digit counter, a sequence per basename, as A1111's
+    grid-0000, xyz_grid-0000, prompt_matrix-0000); returns the path."""
     decoration = expand_pattern(pattern, tokens, now)
+    base = sanitize_filename_part(basename) or "grid"
     files = [(f".{fmt.lower()}", encode_image(image, infotext, fmt, jpeg_quality))]
-    return _save_new(Path(folder), files, "grid-",
-                     lambda n: f"grid-{n:04d}-{decoration}" if decoration else f"grid-{n:04d}")
+    return _save_new(Path(folder), files, f"{base}-",
+                     lambda n: f"{base}-{n:04d}-{decoration}" if decoration else f"{base}-{n:04d}")
 
 
 def save_named(image: Image.Image, folder: Path, stem: str, infotext: str | None, *, fmt: str = "png",

@@ -348,15 +348,16 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return processed
 
 
-def save_grid(p: StableDiffusionProcessing, grid, infotext: str | None) -> Path | None:
+def save_grid(p: StableDiffusionProcessing, grid, infotext: str | None, basename: str = "grid") -> Path | None:
     """Save a script's grid like the engine saves its grids (settings grid_save, grid_format; the img2img or
-    txt2img grids folder); None when saving is off."""
+    txt2img grids folder) as ``<basename>-NNNN`` (A1111's: xyz_grid, prompt_matrix, ...); None when saving is
+    off."""
     run = p._run
     if run is None or not run.save or p.do_not_save_grid:
         return None
     opts = p.opts
     if not opts.get("grid_save"):
         return None
-    path = run.engine.save_grid(grid, infotext, opts, img2img=p.is_img2img)
+    path = run.engine.save_grid(grid, infotext, opts, img2img=p.is_img2img, basename=basename)
     run.saved.append(path)
     return path

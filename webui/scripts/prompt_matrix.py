@@ -91,7 +91,7 @@ class PromptMatrix(Script):
         texts = processed.infotexts[processed.index_of_first_image:]
         across, down = matrix_labels(parts)
         grid = labelled_grid(images, len(across), across, down, margin=max(0, int(float(margin_size or 0))))
-        save_grid(p, grid, texts[0] if texts else None)
+        save_grid(p, grid, texts[0] if texts else None, "prompt_matrix")
         # as A1111: the grid leads images and infotexts; all_prompts / all_seeds are the images' alone
         out = Processed(p, [grid, *images], processed.seed, texts[0] if texts else "",
                         all_prompts=list(processed.all_prompts),

@@ -85,7 +85,7 @@ def _label(axis: Axis, value: Any) -> str:
     elif axis.kind == "permutations":
         text = ", ".join(value)
     elif isinstance(value, float):
-        text = infotext_fmt.format_number(round(value, 8))
+        text = str(round(value, 8))   # as A1111's labels: "CFG Scale: 5.0"
     else:
         text = str(value)
     if axis.show == "path":
@@ -467,14 +467,14 @@ class XYZPlot(Script):
         first = next((t for t in texts if t), "")
         grid_text = _grid_infotext(first, axes, with_z=True)
         out_images, out_texts = [grid], [grid_text]
-        saved_grid = save_grid(p, grid, grid_text)
+        saved_grid = save_grid(p, grid, grid_text, "xyz_grid")
         if len(zs) > 1 and include_sub_grids:
             for z, sg in enumerate(sub_grids):
                 text = _grid_infotext(texts[z * per] or first, axes, with_z=False)
                 out_images.append(sg)
                 out_texts.append(text)
                 if saved_grid is not None:
-                    save_grid(p, sg, text)
+                    save_grid(p, sg, text, "xyz_grid")
         grids = len(out_images)
         # as A1111: infotexts hold the grids' then every made cell's, all_seeds / all_prompts every made cell's
         # (no grid entries), also when the cell images themselves are left out of the response

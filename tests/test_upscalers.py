@@ -190,9 +190,9 @@ def test_extras_batch_from_folder_saves_with_names_never_overwriting(engine, net
     res = extras_engine.extras(engine, req, images, output_dir=out)
     again = extras_engine.extras(engine, req, images, output_dir=out)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["00000-first.png", "00001-second.png", "00002-first.png", "00003-second.png"]
-    assert [p.name for p in res.saved + again.saved] == [names[0], names[1], names[2], names[3]]
-    with Image.open(out / "00001-second.png") as saved:
+    assert names == ["first.png", "first_1.png", "second.png", "second_1.png"]   # A1111's names, never overwriting
+    assert [p.name for p in res.saved + again.saved] == [names[0], names[2], names[1], names[3]]
+    with Image.open(out / "second.png") as saved:
         assert saved.size == (48, 48)
         assert "Postprocess upscaler: 2x-tiny-old" in saved.text["extras"]
 

@@ -46,6 +46,8 @@ def _defs() -> dict[str, Setting]:
         "directories_max_prompt_words": s(8, "Max prompt words for [prompt_words] pattern", minimum=1, maximum=20),
         "enable_pnginfo": s(True, "Save text information about generation parameters as chunks to png files"),
         "save_txt": s(False, "Create a text file next to every image with generation parameters"),
+        "use_original_name_batch": s(True, "Use original name for output filename during batch process in extras "
+                                           "tab"),
         "grid_save": s(True, "Always save all generated image grids"),
         "save_incomplete_images": s(False, "Save incomplete images (interrupted or skipped)"),
         "save_init_img": s(False, "Save init images when using img2img (outdir_init_images, named by MD5)"),

@@ -180,9 +180,10 @@ def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Ima
             keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
             stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
             fmt = str(opts.get("samples_format") or "png").lower()
+            # a kept name is the file's own ("photo.png", then "photo_1.png": never overwriting), as A1111
             res.saved.append(saving.save_image(out, save_dir, source_text, pattern=stem, fmt=fmt,
                                                jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                                               extra_info={**keep, "extras": line}))
+                                               extra_info={**keep, "extras": line}, add_number=not stem))
     job.progress.job_no = len(images)
     if res.interrupted:
         res.notes.append(f"interrupted: {res.processed} of {len(images)} images done")
@@ -198,9 +199,10 @@ def submit_extras(engine, req: ExtrasRequest, images: list[tuple[str, Image.Imag
     save_dir = None
     if output_dir:
         save_dir = Path(output_dir).expanduser()
-    elif save:
-        save_dir = engine._outdir(opts, "outdir_extras_samples")
-    keep_names = bool(output_dir)
+    elif save:   # as A1111: extras go straight into their folder, no date sub-folder
+        save_dir = engine._outdir({**opts, "save_to_dirs": False}, "outdir_extras_samples")
+    # as A1111 (setting use_original_name_batch): a batch's images keep their files' names; one image is numbered
+    keep_names = bool(opts.get("use_original_name_batch", True))
     return engine.jobs.submit(lambda job: run_extras(job, engine.models, req, images, plan, opts, save_dir,
                                                      keep_names, show_limit), "extras")
 

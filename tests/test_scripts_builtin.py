@@ -91,6 +91,17 @@ def test_prompt_matrix_negative_at_start_different_seeds(runner):
         runner.run(req(prompt="no bars here", script_name="Prompt matrix"), save=False)
 
 
+@pytest.mark.parametrize("matrix", ["a red circle AND a blue square:0.5 | big", "a red circle | AND a blue square"])
+def test_each_prompt_of_a_batch_keeps_its_own_and_parts(engine, runner, matrix):
+    """A batch whose prompts have different AND weights or counts (a prompt matrix makes such batches): each
+    image is what its prompt alone makes (A1111 keeps a weight list per prompt)."""
+    res = runner.run(req(prompt=matrix, batch_size=2, script_name="Prompt matrix"), save=False)
+    for k, prompt in enumerate(res.prompts):
+        alone = engine.txt2img(req(prompt=prompt, seed=res.seeds[k]), save=False).images[0]
+        diff = np.abs(np.asarray(res.images[1 + k], dtype=int) - np.asarray(alone, dtype=int))
+        assert diff.max() <= 2, (prompt, diff.max())
+
+
 # -- prompts from file ------------------------------------------------------------------------------------------
 def test_prompts_from_file_overrides(runner):
     text = 'a red circle\n\n--prompt "a blue square" --steps 3 --seed 9 --cfg_scale 4.5\n' \

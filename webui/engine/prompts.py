@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from webui.core import prompt_parser
-from webui.core.errors import InvalidField
 from webui.engine import conditioning
 
 
@@ -48,8 +49,14 @@ class JobPrompts:
         setting pad_cond_uncond off), the two sides are not padded to each other: the sampler runs them apart
         when their lengths differ."""
         pos, neg = self.pos[sl], self.neg[sl]
-        if len({len(p) for p in pos}) > 1:
-            raise InvalidField("prompt", "every prompt of a batch must have the same number of AND parts")
+        # Each prompt keeps its own AND parts and weights (a batch may mix them, e.g. a prompt matrix): a prompt
+        # with fewer parts is padded with its first part at weight 0, which adds nothing to the guidance.
+        n_parts = max(len(p) for p in pos)
+        pos = [[*p, *[(p[0][0], 0.0)] * (n_parts - len(p))] for p in pos]
+        weights = []
+        for j in range(n_parts):
+            ws = [p[j][1] for p in pos]
+            weights.append(ws[0] if len(set(ws)) == 1 else torch.tensor(ws).view(-1, 1, 1, 1))
         memo: dict = {}
 
         def at(step: int):
@@ -57,8 +64,8 @@ class JobPrompts:
                    tuple(prompt_parser.schedule_for_step(s, step) for s in neg))
             if key not in memo:
                 part_texts, neg_texts = key
-                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks[0]), pos[0][j][1])
-                         for j in range(len(pos[0]))]
+                conds = [(self.encoder.encode([texts[j] for texts in part_texts], n_chunks[0]), weights[j])
+                         for j in range(n_parts)]
                 memo.clear()   # schedules move forward: keep only the current step's tensors
                 memo[key] = (conds, self.encoder.encode(list(neg_texts), n_chunks[1]))
             return memo[key]

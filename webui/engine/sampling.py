@@ -128,7 +128,8 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
         parts = []
         for i in range(b):
             sub = [Cond(g.embeds[i:i + 1], None if g.pooled is None else g.pooled[i:i + 1]) for g in groups]
-            sub_conds = list(zip(sub[1:] if guided else sub, [w for _, w in conds]))
+            sub_conds = list(zip(sub[1:] if guided else sub,
+                                 [w[i:i + 1] if torch.is_tensor(w) else w for _, w in conds]))
             parts.append(_denoise(unet, dtype, sch, latents[i:i + 1], t, sub_conds, sub[0] if guided else None,
                                   cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
                                   None if concat is None else concat[i:i + 1], residuals, [i]))
@@ -149,8 +150,8 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
         return outs[0]
     u = outs[0]
     total = u
-    for o, (_, w) in zip(outs[1:], conds):
-        total = total + cfg_scale * w * (o - u)
+    for o, (_, w) in zip(outs[1:], conds):   # w: a number, or one per image (B, 1, 1, 1)
+        total = total + cfg_scale * (w.to(o) if torch.is_tensor(w) else w) * (o - u)
     return total
 
 

@@ -49,8 +49,14 @@ def generate(page, data_dir, prompt: str):
         "() => document.querySelector('#html_info_txt2img') && "
         "document.querySelector('#html_info_txt2img').innerText.includes('Seed:')", timeout=120_000)
     assert page.locator("#txt2img_gallery img").count() >= max(before, 1)
-    saved = newest_png(data_dir / "outputs" / "txt2img-images", started)
+    # the info box may still show an earlier job's "Seed:" (an interrupted job returns its image too): the new
+    # file is what says this job is done
+    deadline = time.time() + 120
+    while (saved := newest_png(data_dir / "outputs" / "txt2img-images", started)) is None and time.time() < deadline:
+        time.sleep(0.2)
     assert saved is not None, "the generated image was not saved under outputs/txt2img-images"
+    page.wait_for_function(f"() => document.querySelector('#html_info_txt2img').innerText.includes("
+                           f"'Seed: {saved.stem.split('-')[-1]}')", timeout=60_000)
     return saved
 
 
@@ -193,8 +199,8 @@ def test_send_to_img2img_carries_image_and_parameters(page, data_dir):
     set_number(page, "txt2img_seed", 777)
     generate(page, data_dir, "a purple star on the left")
     page.click("#txt2img_send_to_img2img")
-    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea').value"
-                           " === 'a purple star on the left'")
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value"
+                           " === 'a purple star on the left'")   # null-safe: the tab renders after the click
     page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
     assert page.locator("#img2img_seed input[type=number]").first.input_value() == "777"
 

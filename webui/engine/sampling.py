@@ -20,7 +20,9 @@ class StopSampling(Exception):
     latents: torch.Tensor | None = None
 
 
-Conditioning = tuple[list[tuple[Cond, float]], Cond]   # (AND parts with weights, uncond) for one step
+# (AND parts with their weights, uncond) for one step; a weight is a number, or one per image (B, 1, 1, 1) when the
+# prompts of a batch weigh their parts differently
+Conditioning = tuple[list[tuple[Cond, float | torch.Tensor]], Cond]
 
 
 @dataclass

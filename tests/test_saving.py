@@ -156,7 +156,7 @@ def test_more_of_a1111s_tokens() -> None:
     assert expand_pattern("[prompt_no_styles]", t, now) == "a red fox"
     assert len(expand_pattern("[prompt_hash<12>]", t, now)) == 12
     assert expand_pattern("[negative_prompt_hash]", t, now) != expand_pattern("[full_prompt_hash]", t, now)
-    assert expand_pattern("[hasprompt<fox|foxy><cat|cat|nocat>]", t, now) == "foxynocat"
+    assert expand_pattern("[hasprompt<Fox|nofox><cat|nocat><dog>]", t, now) == "foxnocat"
     assert expand_pattern("[seed]-b[batch_number]", t, now) == "5", "a batch of one: no number, nor its lead-in"
     assert expand_pattern("[seed]-b[batch_number]", {**t, "batch_size": 2, "batch_number": 2}, now) == "5-b2"
     # each value is capped, so a long prompt cannot push the seed out of the name

@@ -94,7 +94,7 @@ def expand_pattern(pattern: str, tokens: Mapping[str, object] | None = None, now
     [scheduler] [sampler_scheduler] [model_name] [model_hash] [vae_filename] [styles] ("None" when there are
     none) [prompt] (spaces -> "_") [prompt_spaces] [prompt_words] (the first ``max_prompt_words`` words, "empty"
     when there are none) [prompt_hash] [prompt_no_styles] [negative_prompt_hash] [full_prompt_hash] (8 hex of
-    sha256, or [prompt_hash<N>] for N) [hasprompt<word|if there><other|else>...] [date] [datetime]
+    sha256, or [prompt_hash<N>] for N) [hasprompt<word|otherwise>...] [date] [datetime]
     [datetime<%Y%m%d><Europe/Paris>] [job_timestamp] [batch_number] (nothing, and the text before it, for a
     batch of one) [batch_size] [generation_number] [clip_skip] [denoising] [image_hash] [none] and any other key
     of ``tokens``. A known token with no value expands to nothing; an unknown one is kept. Each value is capped
@@ -103,9 +103,9 @@ def expand_pattern(pattern: str, tokens: Mapping[str, object] | None = None, now
     values = {str(k).lower(): v for k, v in (tokens or {}).items()}
     now = now or datetime.now()
 
-    def digest(text: str, args: list[str]) -> str:
+    def digest(data: str | bytes, args: list[str]) -> str:
         n = int(args[0]) if args and args[0].isdigit() else 8
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+        return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()[:n]
 
     def value_of(name: str, args: list[str]) -> str | None:
         """The token's text; None to keep the token as written."""
@@ -127,20 +127,19 @@ def expand_pattern(pattern: str, tokens: Mapping[str, object] | None = None, now
         if name in ("prompt", "prompt_spaces", "prompt_no_styles"):
             text = str(values.get("prompt_no_styles" if name == "prompt_no_styles" else "prompt") or "")
             return text.replace(" ", "_") if name == "prompt" else text
-        if name == "hasprompt":
+        if name == "hasprompt":   # <word|otherwise>...: the word where the prompt has it, else the other text
             low = prompt.lower()
             out = []
             for arg in args:
-                word, _, rest = arg.partition("|")
-                if_there, _, otherwise = rest.partition("|") if "|" in rest else (rest, "", "")
-                out.append((if_there or word) if word.lower() in low else otherwise)
+                word, _, otherwise = arg.partition("|")
+                out.append(word.lower() if word.lower() in low else otherwise)
             return "".join(out)
         if name == "styles":
             styles = [str(x) for x in values.get("styles") or [] if str(x) != "None"]
             return ", ".join(styles) or ("None" if "styles" in values else "")
         if name == "image_hash":
             image = values.get("image")
-            return digest(image.tobytes().hex(), args) if isinstance(image, Image.Image) else ""
+            return digest(image.tobytes(), args) if isinstance(image, Image.Image) else ""
         if name == "cfg" and isinstance(values.get("cfg"), (int, float)):
             return str(float(values["cfg"]))   # as A1111's: 7.0
         value = values.get(name)

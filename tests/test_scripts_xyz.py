@@ -272,3 +272,12 @@ def test_script_grids_are_named_as_a1111s(runner, data_dir):
     assert len(grids) == 1 and grids[0].name.startswith("xyz_grid-") and grids[0].stem[-4:].isdigit()
     res = runner.run(req(prompt="a circle | red", script_name="prompt matrix"), save=True)
     assert [p.name[:14] for p in res.saved if "matrix" in p.name] == ["prompt_matrix-"]
+
+
+def test_no_legend_means_no_margin_and_kept_seeds_are_not_recorded_as_fixed(runner):
+    """As A1111: the margin is part of the legend, and "Fixed X Values" is written only for seeds it fixed."""
+    args = xyz_args("Seed", "-1, -1", draw_legend=False, margin_size=10, no_fixed_seeds=True,
+                    include_lone_images=False)
+    res = runner.run(req(script_name=XYZ, script_args=args), save=False)
+    assert res.images[0].size == (2 * 64, 64)
+    assert "Fixed X Values" not in res.infotexts[0] and 'X Values: "-1, -1"' in res.infotexts[0]

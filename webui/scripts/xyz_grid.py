@@ -427,12 +427,16 @@ class XYZPlot(Script):
             return out
         if len(results) < count:
             notes.append(f"{TITLE} interrupted after {len(results)} of {count} cells")
-        return self._assemble(p, axes, results, draw_legend=_truthy(draw_legend), margin=margin,
+        # as A1111: the margin belongs to the legend (no legend, no margin)
+        return self._assemble(p, axes, results, draw_legend=_truthy(draw_legend),
+                              margin=margin if _truthy(draw_legend) else 0,
                               include_lone_images=_truthy(include_lone_images),
-                              include_sub_grids=_truthy(include_sub_grids), notes=notes)
+                              include_sub_grids=_truthy(include_sub_grids), notes=notes,
+                              fixed_seeds=not no_fixed_seeds)
 
     def _assemble(self, p, axes: list[PlotAxis], results: dict, *, draw_legend: bool, margin: int,
-                  include_lone_images: bool, include_sub_grids: bool, notes: list[str]) -> Processed:
+                  include_lone_images: bool, include_sub_grids: bool, notes: list[str],
+                  fixed_seeds: bool = True) -> Processed:
         from PIL import Image
 
         xs, ys, zs = (a.values for a in axes)
@@ -465,12 +469,12 @@ class XYZPlot(Script):
         else:
             grid = sub_grids[0]
         first = next((t for t in texts if t), "")
-        grid_text = _grid_infotext(first, axes, with_z=True)
+        grid_text = _grid_infotext(first, axes, with_z=True, fixed_seeds=fixed_seeds)
         out_images, out_texts = [grid], [grid_text]
         saved_grid = save_grid(p, grid, grid_text, "xyz_grid")
         if len(zs) > 1 and include_sub_grids:
             for z, sg in enumerate(sub_grids):
-                text = _grid_infotext(texts[z * per] or first, axes, with_z=False)
+                text = _grid_infotext(texts[z * per] or first, axes, with_z=False, fixed_seeds=fixed_seeds)
                 out_images.append(sg)
                 out_texts.append(text)
                 if saved_grid is not None:
@@ -494,15 +498,16 @@ class XYZPlot(Script):
         return out
 
 
-def _grid_infotext(first: str, axes: list[PlotAxis], *, with_z: bool) -> str:
-    """The first cell's infotext with A1111's plot keys added (Script, X Type, X Values ...)."""
+def _grid_infotext(first: str, axes: list[PlotAxis], *, with_z: bool, fixed_seeds: bool = True) -> str:
+    """The first cell's infotext with A1111's plot keys added (Script, X Type, X Values ...; "Fixed X Values"
+    for a seed axis whose -1s were fixed, not with "Keep -1 for seeds")."""
     extra: dict[str, Any] = {"Script": TITLE}
     for a in axes:
         if a.axis.label == "Nothing" or (a.name == "Z" and not with_z):
             continue
         extra[f"{a.name} Type"] = a.axis.label
         extra[f"{a.name} Values"] = a.text
-        if a.axis.label in ("Seed", "Var. seed"):
+        if a.axis.label in ("Seed", "Var. seed") and fixed_seeds:
             extra[f"Fixed {a.name} Values"] = ", ".join(str(v) for v in a.values)
     if not first:
         return infotext_fmt.format_params(extra)

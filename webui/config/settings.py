@@ -75,6 +75,10 @@ def _defs() -> dict[str, Setting]:
         "torch_compile": s(False, "Compile the UNet with torch.compile (about a quarter less time per image on a CPU "
                            "after a one-off compile of one to three minutes per image size; not used for jobs with "
                            "a LoRA)", "Optimizations"),
+        "hires_fix_refiner_pass": s("second pass", "Hires fix: which pass the refiner runs in", "Refiner",
+                                    choices=("first pass", "second pass", "both passes")),
+        "refiner_switch_by_sample_steps": s(False, "Switch to the refiner by sampling steps instead of by the noise "
+                                            "level (timestep)", "Refiner"),
         "pad_cond_uncond": s(False, "Pad prompt/negative prompt to be same length (one UNet call per step when "
                              "their chunk counts differ; changes the picture)", "Optimizations"),
         "max_batch_size": s(8, "Largest batch size a request may ask for", "Limits", minimum=1, maximum=64),

@@ -205,6 +205,9 @@ _INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
     "Hires schedule type": ("hr_scheduler", str),
     "Hires prompt": ("hr_prompt", str),
     "Hires negative prompt": ("hr_negative_prompt", str),
+    "Hires checkpoint": ("hr_checkpoint_name", str),
+    "Refiner": ("refiner_checkpoint", str),
+    "Refiner switch at": ("refiner_switch_at", float),
 }
 
 
@@ -268,6 +271,10 @@ def fields_from_infotext(parsed: dict[str, Any],
         overrides["sd_vae"] = str(parsed["VAE"])
     if parsed.get("Emphasis"):
         overrides["emphasis"] = str(parsed["Emphasis"])
+    if parsed.get("Hires refiner"):
+        overrides["hires_fix_refiner_pass"] = str(parsed["Hires refiner"])
+    if str(parsed.get("Refiner switch by sampling steps", "")).lower() == "true":
+        overrides["refiner_switch_by_sample_steps"] = True
     if parsed.get("Conditional mask weight") not in (None, ""):
         try:
             overrides["inpainting_mask_weight"] = float(parsed["Conditional mask weight"])

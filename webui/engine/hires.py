@@ -27,6 +27,8 @@ class HiresPlan:
     denoising: float
     sampler: str
     schedule: str
+    checkpoint: str | None = None         # the second pass's own checkpoint (its name); None: the job's
+    checkpoint_title: str | None = None   # its short title, for the infotext
 
     def infotext(self, req: GenerationRequest) -> dict[str, Any]:
         p: dict[str, Any] = {}
@@ -37,6 +39,8 @@ class HiresPlan:
         if req.hr_second_pass_steps:
             p["Hires steps"] = req.hr_second_pass_steps
         p["Hires upscaler"] = self.upscaler
+        if self.checkpoint_title:
+            p["Hires checkpoint"] = self.checkpoint_title
         if req.hr_sampler_name or req.hr_scheduler:
             p["Hires sampler"] = self.sampler
             p["Hires schedule type"] = samplers_label(engine_samplers.effective_schedule(self.sampler,

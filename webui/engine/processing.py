@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from webui.core.request import (
     validate,
 )
 from webui.core.styles import StyleDatabase
-from webui.engine import batch, conditioning, noise, sampling, saving, seamless
+from webui.engine import batch, conditioning, noise, refiner, sampling, saving, seamless
 from webui.engine import controlnet as cn_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine.events import EngineEvents, ImageSaveParams
@@ -36,6 +37,7 @@ from webui.engine.hooks import JobHooks
 from webui.engine.img2img import InitImages, inpaint_conditioning
 from webui.engine.jobs import Job, JobQueue
 from webui.engine.prompts import ExtraNetworks, JobPrompts
+from webui.engine.refiner import OtherModels
 from webui.models.embeddings import ti_hashes_infotext
 from webui.models.lora import apply_loras, find_lora, lora_hashes_infotext
 from webui.models.manager import LoadedModel, ModelManager
@@ -66,6 +68,7 @@ class GenerationResult:
     extra_params: dict[str, Any] = field(default_factory=dict)
     init: Any = None              # InitImages of an img2img job
     inpainting_conditioning: float | None = None   # the conditional mask weight, when an inpainting model ran
+    switch_params: dict[str, Any] = field(default_factory=dict)   # the refiner's infotext keys, once it ran
 
     def info(self) -> dict[str, Any]:
         """The API's "info" object (A1111's js())."""
@@ -192,6 +195,10 @@ class Engine:
         except NotFound as e:
             raise InvalidField("sd_vae", str(e)) from None
         self.controlnet.check(req.alwayson_scripts, img2img=isinstance(req, Img2ImgRequest))   # bad units fail now
+        if refiner.chosen(req.refiner_checkpoint):
+            self._checkpoint_field(str(req.refiner_checkpoint), "refiner_checkpoint")
+            if req.refiner_switch_at is not None and not 0.0 <= float(req.refiner_switch_at) <= 1.0:
+                raise InvalidField("refiner_switch_at", "refiner_switch_at must be between 0 and 1")
         return opts, sampler, schedule
 
     def hires_plan(self, req: GenerationRequest, opts: dict, sampler: str, schedule: str) -> HiresPlan | None:
@@ -227,7 +234,17 @@ class Engine:
                 raise InvalidField("hr_sampler_name", str(e)) from None
             if hr_sampler not in engine_samplers.available():
                 raise InvalidField("hr_sampler_name", f"unknown sampler {hr_sampler!r}")
-        return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule)
+        checkpoint = refiner.chosen(req.hr_checkpoint_name)
+        info = self._checkpoint_field(checkpoint, "hr_checkpoint_name") if checkpoint else None
+        return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule,
+                         info.name if info else None, info.short_title if info else None)
+
+    def _checkpoint_field(self, name: str, field_name: str):
+        """The checkpoint a request field names (InvalidField naming the valid ones when there is none)."""
+        try:
+            return self.models.find(name)
+        except NotFound as e:
+            raise InvalidField(field_name, str(e)) from None
 
     def token_count(self, text: str) -> tuple[int, int]:
         """(tokens, capacity) of a prompt as the UI shows it next to the prompt box ("12/75")."""
@@ -241,14 +258,27 @@ class Engine:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
         networks = self._extra_networks(req)
+        others = None
         try:
-            with swap_vae(model.pipe, vae), apply_loras(model.pipe, networks.items), \
-                    seamless.circular_padding(model.pipe.unet, model.pipe.vae, enabled=bool(req.tiling)):
+            with ExitStack() as stack:
+                self.enter_model(stack, model, vae, networks, req)
+                others = OtherModels(self, stack, model, opts, networks, req)
                 res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
-                                         networks, init, hooks or JobHooks())
+                                         networks, init, hooks or JobHooks(), others)
         except ValueError as e:   # a LoRA file that does not fit this model
             raise InvalidField("prompt", str(e)) from None
+        finally:
+            if others is not None:
+                others.close()
         return res
+
+    @staticmethod
+    def enter_model(stack: ExitStack, model: LoadedModel, vae, networks: ExtraNetworks,
+                     req: GenerationRequest) -> None:
+        """What a job changes in a checkpoint for its time: the chosen VAE, its LoRAs, tiling's padding."""
+        stack.enter_context(swap_vae(model.pipe, vae))
+        stack.enter_context(apply_loras(model.pipe, networks.items))
+        stack.enter_context(seamless.circular_padding(model.pipe.unet, model.pipe.vae, enabled=bool(req.tiling)))
 
     def styled_prompts(self, req: GenerationRequest) -> tuple[str, str, str, str]:
         """(prompt, negative prompt, hires prompt, hires negative prompt) with the request's styles applied, as
@@ -284,7 +314,7 @@ class Engine:
     def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                       save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info,
                       networks: ExtraNetworks, init: InitImages | None = None,
-                      hooks: JobHooks | None = None) -> GenerationResult:
+                      hooks: JobHooks | None = None, others: OtherModels | None = None) -> GenerationResult:
         hooks = hooks or JobHooks()
         pipe = model.pipe
         device = model.placement.device
@@ -331,14 +361,16 @@ class Engine:
             if opts.get("live_previews_enable") else 0
         hr_steps = hires.steps if hires else None
         first = JobPrompts(encoder, prompts, negatives, req.steps)
-        second = JobPrompts(encoder, [hr_prompt or p for p in prompts],
-                            [hr_negative or p for p in negatives], req.steps, hr_steps) if hires else None
+        hr_texts = ([hr_prompt or p for p in prompts], [hr_negative or p for p in negatives])
+        second = JobPrompts(encoder, *hr_texts, req.steps, hr_steps) if hires else None
         counts = [first.chunk_counts(), *([second.chunk_counts()] if second else [])]
         n_chunks = (max(c[0] for c in counts), max(c[1] for c in counts))
         if opts.get("pad_cond_uncond"):   # A1111's option: one length for both sides, one UNet call per step
             n_chunks = (max(n_chunks), max(n_chunks))
         control = self._control_passes(req, model, init, hires, seeds)
-        unet = self._sampling_unet(model, opts, networks, res, req)
+        unet = self.sampling_unet(model, opts, networks, res, req)
+        refiner_name = refiner.chosen(req.refiner_checkpoint)
+        refine_first, refine_second = refiner.refiner_passes(str(opts.get("hires_fix_refiner_pass")), bool(hires))
         images: list = []
         for n in range(req.n_iter):
             if job.interrupted:
@@ -349,6 +381,8 @@ class Engine:
             job.progress.sampling_step = 0
             sl = slice(n * req.batch_size, (n + 1) * req.batch_size)
             hooks.before_batch(n, res, sl)
+            if others is not None and others.loaded:   # a refiner or hires checkpoint may hold the device
+                unet = others.unet(model, res)
             latents, gens = noise.initial_noise(seeds[sl], latent_shape, device, str(opts.get("randn_source")),
                                                 subseeds[sl], req.subseed_strength, resize_from)
             noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
@@ -377,12 +411,27 @@ class Engine:
                                                             (req.height, req.width), req.batch_size,
                                                             device.type == "cpu").to(device)
             stopped = False
+            state = {"model": model}   # the checkpoint sampling ends with: its VAE decodes
+            if others is not None and refiner_name and refine_first:
+                plan.switch = others.switch(refiner_name, res, state, lambda enc, sl=sl: JobPrompts(
+                    enc, prompts, negatives, req.steps).conditioning(sl, n_chunks))
             try:
                 latents = sampling.sample(unet, plan, latents, timesteps)
                 if hires:
-                    latents = self._hires_pass(job, req, hires, model, latents, gens,
-                                               second.conditioning(sl, n_chunks), sl, opts, preview_every,
-                                               unet, control=control[1])
+                    first_model, hr_unet, hr_cond = state["model"], unet, second.conditioning(sl, n_chunks)
+                    hr_other = others.get(hires.checkpoint, "hr_checkpoint_name") \
+                        if others is not None and hires.checkpoint else None
+                    state["model"] = model
+                    if hr_other is not None:
+                        state["model"] = hr_other.model
+                        hr_unet = others.unet(hr_other.model, res)
+                        hr_cond = JobPrompts(hr_other.encoder, *hr_texts, req.steps, hr_steps).conditioning(
+                            sl, n_chunks)
+                    switch = others.switch(refiner_name, res, state, lambda enc, sl=sl: JobPrompts(
+                        enc, *hr_texts, req.steps, hr_steps).conditioning(sl, n_chunks)) \
+                        if others is not None and refiner_name and refine_second else None
+                    latents = self._hires_pass(job, req, hires, first_model, state["model"], latents, gens, hr_cond,
+                                               sl, opts, preview_every, hr_unet, control=control[1], switch=switch)
             except sampling.StopSampling as stop:
                 # interrupted or skipped: as A1111, the batch comes back as far as it got (the last step's
                 # prediction of the clean image), saved only with the setting save_incomplete_images
@@ -393,7 +442,7 @@ class Engine:
                         res.interrupted = True
                         break
                     continue
-            decoded, upcast = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
+            decoded, upcast = sampling.decode(state["model"].pipe.vae, latents, per_image=device.type == "cpu")
             if upcast:
                 res.notes.append("VAE produced NaN in half precision; decoded again in fp32 (use --no-half-vae)")
             if torch.isnan(decoded).any():
@@ -411,7 +460,7 @@ class Engine:
             emphasis = str(opts.get("emphasis", "Original"))
             if emphasis != "Original" and any("(" in t or "[" in t for t in [*prompts[sl], *negatives[sl]]):
                 extra["Emphasis"] = emphasis   # as A1111: only where the mode changes what brackets do
-            res.extra_params = {**extra, **hooks.extra_params()}
+            res.extra_params = {**extra, **res.switch_params, **hooks.extra_params()}
             for j, image in enumerate(batch_images):
                 i = n * req.batch_size + j
                 image = hooks.postprocess_image(i, image)
@@ -454,6 +503,7 @@ class Engine:
                     for m in u.detected]
             res.images, res.infotexts = [*res.images, *maps], [*res.infotexts, *[""] * len(maps)]
         job.progress.sampling_step = req.steps
+        res.notes = list(dict.fromkeys(res.notes))   # each batch may repeat a note (compile not used ...)
         return res
 
     def _control_passes(self, req: GenerationRequest, model: LoadedModel, init: InitImages | None,
@@ -469,11 +519,12 @@ class Engine:
                                      hires=True, **kw) if hires else None
         return first, second
 
-    def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, model: LoadedModel,
-                    latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict, preview_every: int,
-                    unet, control: cn_engine.ControlPass | None = None):
-        """Hires fix: upscale the first pass (in latent space or as an image) and denoise it again with ``unet``
-        (the job's: plain or compiled)."""
+    def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, first_model: LoadedModel,
+                    model: LoadedModel, latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict,
+                    preview_every: int, unet, control: cn_engine.ControlPass | None = None, switch=None):
+        """Hires fix: upscale the first pass (in latent space, or as an image decoded by ``first_model``, the
+        checkpoint that ended it) and denoise it again with ``model``'s ``unet`` (plain or compiled), switching to
+        the refiner where ``switch`` says."""
         pipe = model.pipe
         device = model.placement.device
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -482,7 +533,7 @@ class Engine:
             init = sampling.upscale_latents(latents.float(), hr.upscaler, lh, lw)
         else:
             from webui.engine.upscaling import upscale_to
-            first, _ = sampling.decode(pipe.vae, latents, per_image=device.type == "cpu")
+            first, _ = sampling.decode(first_model.pipe.vae, latents, per_image=device.type == "cpu")
             big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts)
                    for im in sampling.to_pil(first)]
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
@@ -493,7 +544,8 @@ class Engine:
         start = sampling.noised_start(scheduler, init.to(device), noise, timesteps)
         n = sl.stop - sl.start
         plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
-                                     conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta)
+                                     conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta,
+                                     switch=switch)
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
@@ -510,7 +562,7 @@ class Engine:
                                                     device.type == "cpu").to(device)
         return sampling.sample(unet, plan, start, timesteps)
 
-    def _sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult,
+    def sampling_unet(self, model: LoadedModel, opts: dict, networks: ExtraNetworks, res: GenerationResult,
                        req: GenerationRequest):
         """The UNet this job samples with: the compiled one where the setting torch_compile asks for it and it can
         serve (not for a job that applies a LoRA: the compiled graph holds the weights without it)."""

@@ -51,6 +51,8 @@ class SamplingPlan:
     # Set by ``sample`` at each step, before the after_step hooks: that step's prediction of the clean latents
     # (what live previews and an interrupted image show, as A1111's).
     denoised: torch.Tensor | None = None
+    # Another checkpoint takes over part-way (refiner.ModelSwitch: due(i, t, steps), load()); None: no switch.
+    switch: object | None = None
 
 
 def fixed(cond: Cond, uncond: Cond) -> Callable[[int], Conditioning]:
@@ -79,6 +81,10 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
     step_kw = _step_kwargs(sch, plan.generators if len(plan.generators) > 1 else plan.generators[0], plan.eta)
     dtype = unet.dtype   # once per job: diffusers finds it by walking every module (12 ms for an SDXL UNet)
     for i, t in enumerate(timesteps):
+        if plan.switch is not None and plan.switch.due(i, t, len(timesteps)):
+            unet, plan.conditioning = plan.switch.load()
+            plan.switch = None
+            dtype = unet.dtype
         conds, uncond = plan.conditioning(i)
         for hook in plan.before_step:
             latents = hook(i, latents)

@@ -30,12 +30,19 @@ class CheckpointInfo:
     def title(self) -> str:
         return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
 
+    @property
+    def short_title(self) -> str:
+        """A1111's short title, which its infotext uses for "Refiner" and "Hires checkpoint": the file's stem (no
+        folders, no extension) and the short hash."""
+        stem = self.name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return f"{stem} [{self.shorthash}]" if self.shorthash else stem
+
     def matches(self, query: str) -> bool:
         q = query.strip()
         if not q:
             return False
-        candidates = {self.title, self.name, self.model_name, self.name.rsplit(".", 1)[0], self.filename.name,
-                      str(self.filename)}
+        candidates = {self.title, self.short_title, self.name, self.model_name, self.name.rsplit(".", 1)[0],
+                      self.filename.name, str(self.filename)}
         if self.sha256:
             candidates |= {self.sha256, self.shorthash, self.sha256[:8]}
         return q in candidates or q.lower() in {c.lower() for c in candidates if c}

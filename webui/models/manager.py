@@ -241,18 +241,22 @@ class ModelManager:
         with self._lock:
             return next(reversed(self._cache.values()), None)
 
-    def get(self, query: str | None = None) -> LoadedModel:
-        """The loaded model for a checkpoint (from the cache when it is there); the most recent stays on device."""
+    def get(self, query: str | None = None, keep: tuple[str, ...] = ()) -> LoadedModel:
+        """The loaded model for a checkpoint (from the cache when it is there); the most recent stays on device.
+        ``keep``: checkpoint names the cache keeps beyond its limit (a job's first checkpoint while the job loads
+        its refiner), until the next load."""
         info = self.find(query)
         with self._lock:
             model = self._cache.get(info.name)
             if model is not None and model.info.sha256 == info.sha256:
                 self._cache.move_to_end(info.name)
+                if not model.placed:   # back on the device: the others make room, as when it was loaded
+                    self._evict_others_from_device(info.name)
                 self._place(model)
                 return model
             model = self._load(info)
             self._cache[info.name] = model
-            self._trim()
+            self._trim(keep)
         for listener in self.on_model_loaded:
             listener(model)
         return model
@@ -322,10 +326,17 @@ class ModelManager:
                 m.compiled_unet = None
         _free_device_memory()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Drop the least recently used checkpoints beyond the setting sd_checkpoints_limit."""
+        with self._lock:
+            self._trim()
+
+    def _trim(self, keep: tuple[str, ...] = ()) -> None:
         limit = max(1, int(self.settings.get("sd_checkpoints_limit", 1)))
-        while len(self._cache) > limit:
-            self._cache.popitem(last=False)
+        newest = next(reversed(self._cache), None)
+        spare = [n for n in self._cache if n not in keep and n != newest]
+        for name in spare[:max(0, len(self._cache) - limit)]:
+            del self._cache[name]
         gc.collect()
         _free_device_memory()
 

@@ -332,3 +332,58 @@ def test_sketch_inpaint_and_inpaint_sketch_painted_in_browser(page, data_dir, se
         assert page.locator("#tab_extras-button").get_attribute("aria-selected") == "true"
     finally:
         httpx.post(server + "/sdapi/v1/options", json={"save_init_img": False, "save_mask": False}, timeout=60)
+
+
+def test_seed_extras_refiner_and_hires_checkpoint_go_from_pasted_text_to_the_job(page, data_dir, server):
+    """An infotext with a variation seed, a refiner and a hires checkpoint, pasted into the prompt box (↙), sets
+    "Extra", the refiner and hires fields; the job made from them is the API's job with the same fields, pixel for
+    pixel; ♻️ takes back the seeds of the image in the gallery."""
+    import base64
+    import io
+
+    import httpx
+    page.get_by_role("tab", name="txt2img").first.click()
+    pick_tiny_sd1(page)
+    short = {m["model_name"]: f"{m['model_name']} [{m['hash']}]"
+             for m in httpx.get(server + "/sdapi/v1/sd-models", timeout=30).json()}
+    shapes = next(name for name in short if name.startswith("shapes-"))
+    text = ("a green square at the top\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 321, Size: 64x64, "
+            "Model: tiny-sd1, Variation seed: 77, Variation seed strength: 0.4, Denoising strength: 0.6, "
+            f"Hires upscale: 1, Hires upscaler: Latent, Hires checkpoint: {short[shapes]}, "
+            f"Refiner: {short['tiny-sd1-pickle']}, Refiner switch at: 0.5")
+    page.locator("#txt2img_prompt textarea").fill(text)
+    page.click("#txt2img_paste")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
+                           " === 'a green square at the top'")
+    assert page.locator("#txt2img_subseed_show input").is_checked()
+    assert page.locator("#txt2img_subseed input[type=number]").first.input_value() == "77"
+    assert page.locator("#txt2img_enable_refiner input").is_checked()
+    assert page.locator("#txt2img_checkpoint input").input_value().startswith("tiny-sd1-pickle.ckpt [")
+    assert page.locator("#txt2img_hr_checkpoint input").input_value().startswith(shapes)
+    saved = generate(page, data_dir, "a green square at the top")
+    made = Image.open(saved).info["parameters"]
+    for key in ("Variation seed: 77", "Variation seed strength: 0.4", f"Hires checkpoint: {short[shapes]}",
+                f"Refiner: {short['tiny-sd1-pickle']}", "Refiner switch at: 0.5"):
+        assert key in made, (key, made)
+    r = httpx.post(server + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a green square at the top", "steps": 4, "width": 64, "height": 64, "seed": 321,
+        "subseed": 77, "subseed_strength": 0.4, "sampler_name": "Euler a", "enable_hr": True, "hr_scale": 1,
+        "hr_upscaler": "Latent", "denoising_strength": 0.6, "hr_checkpoint_name": short[shapes],
+        "refiner_checkpoint": short["tiny-sd1-pickle"], "refiner_switch_at": 0.5,
+        "override_settings": {"sd_model_checkpoint": "tiny-sd1"}})
+    assert r.status_code == 200, r.text
+    api_image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert np.array_equal(np.asarray(api_image), np.asarray(Image.open(saved)))
+    # ♻️ takes the seeds of the image shown
+    set_number(page, "txt2img_seed", 1)
+    set_number(page, "txt2img_subseed", 2)
+    page.click("#txt2img_reuse_seed")
+    page.click("#txt2img_reuse_subseed")
+    page.wait_for_function("() => document.querySelector('#txt2img_seed input[type=number]').value === '321'"
+                           " && document.querySelector('#txt2img_subseed input[type=number]').value === '77'")
+    # unticking "Extra" and the refiner turns them off for the next job
+    page.locator("#txt2img_subseed_show input").uncheck()
+    page.locator("#txt2img_enable_refiner input").uncheck()
+    again = generate(page, data_dir, "a green square at the top")
+    made = Image.open(again).info["parameters"]
+    assert "Variation seed" not in made and "Refiner" not in made and "Hires checkpoint" in made

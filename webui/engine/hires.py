@@ -29,6 +29,7 @@ class HiresPlan:
     schedule: str
     checkpoint: str | None = None         # the second pass's own checkpoint (its name); None: the job's
     checkpoint_title: str | None = None   # its short title, for the infotext
+    own_sampler: bool = False             # the request chose the second pass's sampler or schedule
 
     def infotext(self, req: GenerationRequest) -> dict[str, Any]:
         p: dict[str, Any] = {}
@@ -41,7 +42,7 @@ class HiresPlan:
         p["Hires upscaler"] = self.upscaler
         if self.checkpoint_title:
             p["Hires checkpoint"] = self.checkpoint_title
-        if req.hr_sampler_name or req.hr_scheduler:
+        if self.own_sampler:
             p["Hires sampler"] = self.sampler
             p["Hires schedule type"] = samplers_label(engine_samplers.effective_schedule(self.sampler,
                                                                                          self.schedule))

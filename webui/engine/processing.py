@@ -226,10 +226,13 @@ class Engine:
         if req.hr_second_pass_steps < 0:
             raise InvalidField("hr_second_pass_steps", "hr_second_pass_steps must be 0 (same as steps) or more")
         hr_sampler, hr_schedule = sampler, schedule
-        if req.hr_sampler_name or req.hr_scheduler:
+        # the UI's "Use same sampler" / "Use same scheduler" (also in A1111's pasted parameters) mean: the first's
+        hr_sampler_name = None if req.hr_sampler_name == "Use same sampler" else req.hr_sampler_name
+        hr_scheduler = None if req.hr_scheduler == "Use same scheduler" else req.hr_scheduler
+        if hr_sampler_name or hr_scheduler:
             from webui.core.samplers import split_sampler
             try:
-                hr_sampler, hr_schedule = split_sampler(req.hr_sampler_name or sampler, req.hr_scheduler or None)
+                hr_sampler, hr_schedule = split_sampler(hr_sampler_name or sampler, hr_scheduler or None)
             except ValueError as e:
                 raise InvalidField("hr_sampler_name", str(e)) from None
             if hr_sampler not in engine_samplers.available():
@@ -237,7 +240,8 @@ class Engine:
         checkpoint = refiner.chosen(req.hr_checkpoint_name)
         info = self._checkpoint_field(checkpoint, "hr_checkpoint_name") if checkpoint else None
         return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule,
-                         info.name if info else None, info.short_title if info else None)
+                         info.name if info else None, info.short_title if info else None,
+                         bool(hr_sampler_name or hr_scheduler))
 
     def _checkpoint_field(self, name: str, field_name: str):
         """The checkpoint a request field names (InvalidField naming the valid ones when there is none)."""

@@ -16,6 +16,7 @@ from webui.extensions.runner import ScriptRunner
 from webui.ui import styles_ui
 from webui.ui.common import error_html, info_html, progress_html
 from webui.ui.controlnet_ui import ControlNetSection
+from webui.ui.pnginfo_tab import USE_SAME
 from webui.ui.scripts_ui import ScriptsUI
 
 
@@ -71,7 +72,7 @@ class GenerationTab:
                 cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{m}_cfg_scale")
                 if m == "img2img":
                     self._build_img2img_options()
-                with gr.Accordion("Hires. fix", open=False, elem_id=f"{m}_hr", visible=m == "txt2img"):
+                with gr.Accordion("Hires. fix", open=False, elem_id=f"{m}_hr", visible=m == "txt2img") as hr_box:
                     enable_hr = gr.Checkbox(False, label="Enable", elem_id=f"{m}_enable_hr")
                     with gr.Row():
                         hr_upscaler = gr.Dropdown(hires_upscalers(e.models), value="Latent", label="Upscaler",
@@ -88,10 +89,46 @@ class GenerationTab:
                                          elem_id=f"{m}_hr_resize_x")
                         hr_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                          elem_id=f"{m}_hr_resize_y")
+                    with gr.Row():
+                        hr_checkpoint = gr.Dropdown([USE_SAME["hr_checkpoint_name"], *e.models.titles()],
+                                                    value=USE_SAME["hr_checkpoint_name"], label="Hires checkpoint",
+                                                    elem_id=f"{m}_hr_checkpoint")
+                        hr_sampler = gr.Dropdown([USE_SAME["hr_sampler_name"], *engine_samplers.available()],
+                                                 value=USE_SAME["hr_sampler_name"], label="Hires sampling method",
+                                                 elem_id=f"{m}_hr_sampler")
+                        hr_schedule = gr.Dropdown([USE_SAME["hr_scheduler"], *core_samplers.schedule_labels()],
+                                                  value=USE_SAME["hr_scheduler"], label="Hires schedule type",
+                                                  elem_id=f"{m}_hr_scheduler")
+                    with gr.Row():
+                        hr_prompt = gr.Textbox(label="Hires prompt", lines=2, elem_id=f"{m}_hires_prompt",
+                                               placeholder="empty: the same prompt as the first pass")
+                        hr_negative = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                 elem_id=f"{m}_hires_neg_prompt",
+                                                 placeholder="empty: the same negative prompt as the first pass")
+                with gr.Accordion("Refiner", open=False, elem_id=f"{m}_refiner") as refiner_box:
+                    refiner_enabled = gr.Checkbox(False, label="Enable refiner", elem_id=f"{m}_enable_refiner")
+                    with gr.Row():
+                        refiner_ckpt = gr.Dropdown(e.models.titles(), value=None, label="Checkpoint",
+                                                   elem_id=f"{m}_checkpoint")
+                        refiner_at = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                               elem_id=f"{m}_switch_at")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{m}_seed")
                     random_seed = gr.Button("🎲", elem_id=f"{m}_random_seed", size="sm", min_width=40)
                     reuse_seed = gr.Button("♻️", elem_id=f"{m}_reuse_seed", size="sm", min_width=40)
+                    subseed_show = gr.Checkbox(False, label="Extra", elem_id=f"{m}_subseed_show", min_width=80)
+                with gr.Group(visible=False, elem_id=f"{m}_seed_extras") as seed_extras:
+                    with gr.Row():
+                        subseed = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{m}_subseed")
+                        random_subseed = gr.Button("🎲", elem_id=f"{m}_random_subseed", size="sm", min_width=40)
+                        reuse_subseed = gr.Button("♻️", elem_id=f"{m}_reuse_subseed", size="sm", min_width=40)
+                        subseed_strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                     elem_id=f"{m}_subseed_strength")
+                    with gr.Row():
+                        seed_resize_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                  elem_id=f"{m}_seed_resize_from_w")
+                        seed_resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                  elem_id=f"{m}_seed_resize_from_h")
                 self.controlnet = ControlNetSection(e, m)
                 self.controlnet.build()
                 if self.scripts is not None:
@@ -121,7 +158,12 @@ class GenerationTab:
                        "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
                        "enable_hr": enable_hr, "hr_upscaler": hr_upscaler, "hr_second_pass_steps": hr_steps,
                        "denoising_strength": denoise, "hr_scale": hr_scale, "hr_resize_x": hr_x,
-                       "hr_resize_y": hr_y, "styles": styles}
+                       "hr_resize_y": hr_y, "styles": styles, "hr_checkpoint_name": hr_checkpoint,
+                       "hr_sampler_name": hr_sampler, "hr_scheduler": hr_schedule, "hr_prompt": hr_prompt,
+                       "hr_negative_prompt": hr_negative, "subseed_show": subseed_show, "subseed": subseed,
+                       "subseed_strength": subseed_strength, "seed_resize_from_w": seed_resize_w,
+                       "seed_resize_from_h": seed_resize_h, "refiner_enabled": refiner_enabled,
+                       "refiner_checkpoint": refiner_ckpt, "refiner_switch_at": refiner_at}
         if m == "img2img":
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
@@ -149,7 +191,7 @@ class GenerationTab:
                     hr_second_pass_steps=int(kw["hr_second_pass_steps"]),
                     denoising_strength=float(kw["denoising_strength"]), hr_scale=float(kw["hr_scale"]),
                     hr_resize_x=int(kw["hr_resize_x"]), hr_resize_y=int(kw["hr_resize_y"]),
-                    styles=list(kw["styles"] or []))
+                    styles=list(kw["styles"] or []), **_extra_fields(kw))
                 save = bool(e.settings.get("samples_save", True))
                 if self.scripts_ui is not None:
                     for key, value in self.scripts_ui.request_fields(script_values).items():
@@ -213,13 +255,27 @@ class GenerationTab:
             if "Steps: " not in (text or ""):
                 return [*[gr.update() for _ in paste_fields], *[gr.update() for _ in cn_outputs],
                         error_html("paste a generation's parameters (its infotext) into the prompt box first")]
-            values = paste_values(text, paste_fields, e.models.loras)
+            values = paste_values(text, paste_fields, e.models)
             cn = paste_controlnet(self.controlnet, text) if self.controlnet else []
             return [*values, *cn, ""]
 
         paste.click(read_prompt, prompt, [*paste_fields.values(), *cn_outputs, error], queue=False)
         random_seed.click(lambda: -1, None, seed, queue=False)
-        reuse_seed.click(lambda s: s, last_seed, seed, queue=False)
+        random_subseed.click(lambda: -1, None, subseed, queue=False)
+        subseed_show.change(lambda v: gr.Group(visible=bool(v)), subseed_show, seed_extras, queue=False)
+        # as A1111: ♻️ takes the seed (variation seed) of the image selected in the gallery
+        reuse_seed.click(lambda *a: reused_seed(*a, "Seed"), [self.infotexts, self.selected, last_seed], seed,
+                         queue=False)
+        reuse_subseed.click(lambda *a: reused_seed(*a, "Variation seed"), [self.infotexts, self.selected, subseed],
+                            subseed, queue=False)
+        # a pasted infotext that turns hires fix or the refiner on shows their settings (A1111 ticks the box in the
+        # accordion's header)
+        for box, accordion in ((enable_hr, hr_box), (refiner_enabled, refiner_box)):
+            box.change(lambda v: gr.Accordion(open=True) if v else gr.update(), box, accordion, queue=False)
+        for dropdown in (refiner_ckpt, hr_checkpoint):   # files dropped in since the page was built
+            first = [USE_SAME["hr_checkpoint_name"]] if dropdown is hr_checkpoint else []
+            dropdown.focus(lambda first=first: gr.Dropdown(choices=[*first, *e.models.titles()]), None, dropdown,
+                           queue=False)
 
     def _build_init_images(self) -> None:
         mode = gr.State("img2img")
@@ -276,6 +332,40 @@ class GenerationTab:
         self.i2i_fields = {"resize_mode": resize, "mask_blur": blur, "inpainting_mask_invert": invert,
                            "inpainting_fill": fill, "inpaint_full_res": area,
                            "inpaint_full_res_padding": padding}
+
+
+def _extra_fields(kw: dict) -> dict:
+    """Request fields of the seed extras, the refiner and hires fix's own choices, as A1111's UI sends them: the
+    seed extras only while "Extra" is ticked, the refiner only while enabled, "Use same ..." as None."""
+    extra = bool(kw["subseed_show"])
+    resize = (int(kw["seed_resize_from_w"] or 0), int(kw["seed_resize_from_h"] or 0))
+    use_resize = extra and resize[0] > 0 and resize[1] > 0
+    return {
+        "subseed": int(kw["subseed"]) if extra and kw["subseed"] not in (None, "") else -1,
+        "subseed_strength": float(kw["subseed_strength"] or 0) if extra else 0.0,
+        "seed_resize_from_w": resize[0] if use_resize else -1,
+        "seed_resize_from_h": resize[1] if use_resize else -1,
+        "refiner_checkpoint": kw["refiner_checkpoint"] if kw["refiner_enabled"] and kw["refiner_checkpoint"]
+        else None,
+        "refiner_switch_at": float(kw["refiner_switch_at"]),
+        **{k: None if kw[k] in (None, "", same) else kw[k] for k, same in USE_SAME.items()},
+        "hr_prompt": kw["hr_prompt"] or "", "hr_negative_prompt": kw["hr_negative_prompt"] or "",
+    }
+
+
+def reused_seed(infotexts: list, index, fallback, key: str) -> int:
+    """The seed (``key``: "Seed" or "Variation seed") of the selected gallery image's infotext; ``fallback`` when
+    there is none (nothing generated yet, or an image without it)."""
+    from webui.core import infotext as infotext_fmt
+    texts = list(infotexts or [])
+    if not texts:
+        return fallback
+    text = texts[min(int(index or 0), len(texts) - 1)] or ""
+    value = infotext_fmt.parse_infotext(text).get(key) if "Steps: " in text else None
+    try:
+        return int(float(value)) if value not in (None, "") else fallback
+    except ValueError:
+        return fallback
 
 
 def native_size(engine: Engine) -> int:
@@ -344,7 +434,8 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
         text = infotexts[index] if infotexts and index < len(infotexts) else ""
         return image.convert("RGB"), text
 
-    skipped = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y")
+    skipped = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y",
+               "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
     if source.mode == "txt2img":   # its denoising strength is the hires fix's
         skipped += ("denoising_strength",)
     fields = {k: target.fields[k] for k in source.fields if k in target.fields and k not in skipped}

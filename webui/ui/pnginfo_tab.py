@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 
 import gradio as gr
 
@@ -26,14 +25,33 @@ def read_image_info(path: str | None) -> tuple[str, str]:
     return text or "", body + (f"<table>{rows}</table>" if rows else "")
 
 
-def paste_values(text: str, fields: dict, loras: Sequence | None = None) -> list:
-    """Values for the txt2img components from an infotext (unchanged where the infotext says nothing); with the
-    local LoRA list, the prompt's LoRA tags name the files whose hashes the infotext records."""
+USE_SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
+            "hr_scheduler": "Use same scheduler"}
+"""The hires dropdowns' first choice: the first pass's checkpoint, sampler, schedule (a request's None)."""
+
+
+def paste_values(text: str, fields: dict, models=None) -> list:
+    """Values for a generation tab's components from an infotext (unchanged where the infotext says nothing);
+    with the model manager, the prompt's LoRA tags name the files whose hashes the infotext records, and checkpoint
+    names become the local checkpoints' titles. What an infotext leaves out means its default: no variation seed,
+    no refiner, hires fix on the first pass's checkpoint, sampler and schedule."""
     if not text:
         return [gr.update() for _ in fields]
     parsed = infotext_fmt.parse_infotext(text, defaults=True)
-    relink = None if loras is None else (lambda prompt, hashes: relink_loras(prompt, hashes, loras))
-    values = fields_from_infotext(parsed, relink=relink)
+    relink = None if models is None else (lambda prompt, hashes: relink_loras(prompt, hashes, models.loras))
+    values = {"subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0, **USE_SAME,
+              **fields_from_infotext(parsed, relink=relink)}
+    values["subseed_show"] = bool(values["subseed_strength"]) or values["seed_resize_from_w"] > 0
+    values["refiner_enabled"] = bool(values.get("refiner_checkpoint"))
+    for key in ("refiner_checkpoint", "hr_checkpoint_name"):
+        if models is not None and values.get(key) and values[key] != USE_SAME.get(key):
+            try:
+                values[key] = models.find(str(values[key])).title
+            except Exception:  # noqa: BLE001 - not here: the name stays as written, the job will say so
+                pass
+    for key, same in USE_SAME.items():
+        if not values.get(key):
+            values[key] = same
     out = []
     for name in fields:
         out.append(values[name] if name in values else gr.update())
@@ -54,7 +72,6 @@ def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None, models=None) -> 
 
     def send_to_txt2img(t: str) -> list:
         cn = paste_controlnet(controlnet, t) if controlnet is not None and t else [gr.update() for _ in cn_outputs]
-        loras = models.loras if models is not None else None
-        return [*paste_values(t, txt2img_fields, loras), *cn, gr.Tabs(selected="tab_txt2img")]
+        return [*paste_values(t, txt2img_fields, models), *cn, gr.Tabs(selected="tab_txt2img")]
 
     send.click(send_to_txt2img, text, [*txt2img_fields.values(), *cn_outputs, tabs])

@@ -163,3 +163,20 @@ def test_the_job_checkpoint_stays_loaded_and_the_cache_keeps_its_limit(engine):
     memory = engine.models.memory()
     assert memory["loaded"] == [engine.models.find(BUNDLED[0].name).title], \
         "sd_checkpoints_limit 1: the refiner is let go after the job, the job's checkpoint stays"
+
+
+def test_xyz_plot_refiner_axes(engine):
+    """A1111's "Refiner checkpoint" and "Refiner switch at" axes: "None" is no refiner; a late switch keeps the
+    first checkpoint's colour, an early one takes the refiner's."""
+    from webui.extensions.runner import ScriptRunner
+    from webui.scripts import builtin_registry
+    runner = ScriptRunner(engine, builtin_registry())
+    flags = [True, True, False, False, False, False, 0, False]   # legend, lone images, sub-grids, seeds, margin, csv
+    args = ["Refiner checkpoint", "None, shapes-swapped", [], "Refiner switch at", "0.05, 0.9", [], "Nothing", "",
+            [], *flags]
+    res = runner.run(request(script_name="X/Y/Z plot", script_args=args, refiner_switch_at=0.5), save=False)
+    cells = [colour(im) for im in res.images[res.index_of_first_image:]]
+    assert cells == ["red", "blue", "red", "red"], cells   # x fastest: (None, .05) (swapped, .05) (None, .9) ...
+    with pytest.raises(InvalidField, match="Refiner checkpoint"):
+        runner.run(request(script_name="X/Y/Z plot", script_args=["Refiner checkpoint", "nope", [], "Nothing", "",
+                                                                  [], "Nothing", "", [], *flags]), save=False)

@@ -10,7 +10,7 @@ list in A1111's order (so an API client's indices mean the same axes). Every val
 cell, is checked before the first image is made; the number of cells is capped by the setting xyz_max_cells.
 Cells run in A1111's order (X fastest, Z slowest, an axis dearer than the others outermost). A1111's axes with no
 counterpart in this studio's sampler (the sigma and schedule-sigma axes, Image CFG Scale, Initial/Extra noise,
-UniPC order, Face restore, Token merging, Refiner, FP8 ...) are listed to keep the indices and refused with a
+UniPC order, Face restore, Token merging, FP8 ...) are listed to keep the indices and refused with a
 message.
 """
 from __future__ import annotations
@@ -189,8 +189,9 @@ AXES: tuple[Axis, ...] = (
     _unsupported("Token merging ratio high-res"),
     _unsupported("Always discard next-to-last sigma", kind="str"),
     _unsupported("SGM noise multiplier", kind="str"),
-    _unsupported("Refiner checkpoint", kind="str"),
-    _unsupported("Refiner switch at"),
+    Axis("Refiner checkpoint", "str", _field("refiner_checkpoint"), show="path", cost=1.0,
+         choices=lambda engine: ["None", *_checkpoints(engine)]),
+    Axis("Refiner switch at", "float", _field("refiner_switch_at")),
     Axis("RNG source", "str", _override("randn_source"), choices=_rng),
     _unsupported("FP8 mode", kind="str"),
     Axis("Size", "size", _size),
@@ -325,14 +326,17 @@ class XYZPlot(Script):
                                               "or the negative prompt (the first value is what gets replaced)")
         if axis.label == "Checkpoint name":
             values = [self._checkpoint_title(name, v) for v in values]
+        if axis.label == "Refiner checkpoint":   # "None": no refiner, as A1111's
+            values = [v if str(v).strip().lower() == "none" else self._checkpoint_title(name, v, axis.label)
+                      for v in values]
         shown = axis_values.to_csv(items) if items else str(text or "")
         return PlotAxis(axis, values, shown, name)
 
-    def _checkpoint_title(self, name: str, value: str) -> str:
+    def _checkpoint_title(self, name: str, value: str, label: str = "Checkpoint name") -> str:
         try:
             return self.engine.models.find(value).title
         except StudioError as e:
-            raise InvalidField("script_args", f"{name} values (Checkpoint name): {e}") from None
+            raise InvalidField("script_args", f"{name} values ({label}): {e}") from None
 
     def _check_cell(self, pc: StableDiffusionProcessing, what: str) -> None:
         """The engine's own checks on a cell's request, so a bad value fails before any image is made."""

@@ -53,9 +53,10 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None, extension
     if not args.nowebui:
         import gradio as gr
 
-        from webui.ui.app_ui import build_ui
+        from webui.ui.app_ui import build_ui, head_html
         demo = build_ui(engine, scripts, runtime)
-        gr.mount_gradio_app(app, demo, path="/", footer_links=["api"], head=extensions.head_html() or None,
+        head = "\n".join(filter(None, (head_html(), extensions.head_html())))
+        gr.mount_gradio_app(app, demo, path="/", footer_links=["api"], head=head or None,
                             css=extensions.css() or None)
     runtime.app_started(demo, app)
     _mounts_last(app)

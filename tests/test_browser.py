@@ -387,3 +387,47 @@ def test_seed_extras_refiner_and_hires_checkpoint_go_from_pasted_text_to_the_job
     again = generate(page, data_dir, "a green square at the top")
     made = Image.open(again).info["parameters"]
     assert "Variation seed" not in made and "Refiner" not in made and "Hires checkpoint" in made
+
+
+def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
+    """Ctrl+Up/Down weigh the word under the cursor, a selection or a LoRA tag (A1111's steps 0.1 and 0.05; back
+    at 1 the brackets go); the edited text is what the job gets, started with Ctrl+Enter."""
+    page.get_by_role("tab", name="txt2img").first.click()
+    pick_tiny_sd1(page)
+    for eid, v in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_seed", 5)):
+        set_number(page, eid, v)
+    box = page.locator("#txt2img_prompt textarea")
+
+    def press(text: str, caret: tuple[int, int], key: str) -> str:
+        box.fill(text)
+        box.evaluate("(el, c) => { el.focus(); el.setSelectionRange(c[0], c[1]); }", list(caret))
+        box.press(key)
+        return box.input_value()
+
+    assert press("a red circle, blue background", (4, 4), "Control+ArrowUp") == "a (red:1.1) circle, blue background"
+    assert press("a (red:1.1) circle", (5, 5), "Control+ArrowUp") == "a (red:1.2) circle"
+    assert press("a (red:1.1) circle", (5, 5), "Control+ArrowDown") == "a red circle"
+    assert press("a red circle, blue background", (2, 12), "Control+ArrowDown") == "a (red circle:0.9), blue background"
+    assert press("a (red) circle", (4, 4), "Control+ArrowUp") == "a (red:1.2) circle"
+    assert press("<lora:x:0.8> a cat", (3, 3), "Control+ArrowUp") == "<lora:x:0.85> a cat"
+    # the last edit reaches the job: Ctrl+Enter generates with it
+    assert press("a yellow square", (4, 4), "Control+ArrowUp") == "a (yellow:1.1) square"
+    started = time.time() - 1
+    box.press("Control+Enter")
+    deadline = time.time() + 120
+    while (saved := newest_png(data_dir / "outputs" / "txt2img-images", started)) is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert saved is not None, "Ctrl+Enter started no job"
+    assert Image.open(saved).info["parameters"].startswith("a (yellow:1.1) square\n")
+    # Esc interrupts the running job: a 30-image job stops early
+    set_number(page, "txt2img_batch_count", 30)
+    set_number(page, "txt2img_steps", 20)
+    started = time.time() - 1
+    box.press("Control+Enter")
+    page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() !== ''")
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() === ''",
+                           timeout=120_000)
+    made = [f for f in (data_dir / "outputs" / "txt2img-images").rglob("*.png") if f.stat().st_mtime >= started]
+    set_number(page, "txt2img_batch_count", 1)
+    assert len(made) < 30, "Esc interrupted the job"

@@ -1,6 +1,8 @@
 """The whole page: the checkpoint picker on top, then one tab per feature."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from webui.core.errors import StudioError
@@ -104,3 +106,10 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                                          extensions.restart)
     demo.queue(default_concurrency_limit=None)
     return demo
+
+
+def head_html() -> str:
+    """The studio's own page scripts (webui/ui/javascript/*.js: keyboard shortcuts) as <script> tags."""
+    folder = Path(__file__).parent / "javascript"
+    return "\n".join(f"<script data-studio=\"{f.name}\">\n{f.read_text(encoding='utf-8')}\n</script>"
+                     for f in sorted(folder.glob("*.js")))

@@ -59,7 +59,7 @@ def engine(tmp_path_factory):
 
 def request(**kw) -> GenerationRequest:
     opts = {"sd_model_checkpoint": BUNDLED[0].name, "live_previews_enable": False, **kw.pop("opts", {})}
-    return GenerationRequest(**{"prompt": PROMPT, "steps": 20, "width": 128, "height": 128, "cfg_scale": 7,
+    return GenerationRequest(**{"prompt": PROMPT, "steps": 12, "width": 128, "height": 128, "cfg_scale": 7,
                                 "sampler_name": "Euler a", "seed": SEED, "override_settings": opts, **kw})
 
 
@@ -96,7 +96,7 @@ def test_the_refiner_draws_from_the_switch_on(engine, plain):
     found = colour(early.images[0]), colour(late.images[0])
     print(f"\n[refiner] red-reads-blue refiner from 5 % on: {found[0]}; from 90 % on: {found[1]}")
     assert found == ("blue", "red"), "the refiner's text encoder and UNet sample from the switch on"
-    # switching by steps instead of by noise level: 1 of 20 steps done is 5 %, so it still starts at step 2
+    # switching by steps instead of by noise level: 1 of 12 steps done is over 5 %, so it starts at step 2
     by_steps = engine.txt2img(request(refiner_checkpoint="shapes-swapped", refiner_switch_at=0.05,
                                       opts={"refiner_switch_by_sample_steps": True}), save=False)
     assert colour(by_steps.images[0]) == "blue"

@@ -433,3 +433,68 @@ def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
     made = [f for f in (data_dir / "outputs" / "txt2img-images").rglob("*.png") if f.stat().st_mtime >= started]
     set_number(page, "txt2img_batch_count", 1)
     assert len(made) < 12, "Esc interrupted the job"
+
+
+def test_png_info_sends_to_img2img_inpaint_and_extras(page, tmp_path):
+    """PNG Info's other send buttons, as A1111's: the image and its parameters go to img2img or inpaint, the image
+    to Extras."""
+    from PIL.PngImagePlugin import PngInfo
+    meta = PngInfo()
+    meta.add_text("parameters", "a white star at the bottom\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, "
+                                "CFG scale: 6, Seed: 4321, Size: 64x64, Model: tiny-sd1")
+    path = tmp_path / "made-elsewhere.png"
+    Image.new("RGB", (64, 64), (20, 200, 40)).save(path, pnginfo=meta)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => document.querySelector('#pnginfo_generation_info textarea')"
+                           ".value.includes('Seed: 4321')")
+    page.click("#img2img_tab")
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value"
+                           " === 'a white star at the bottom'")
+    page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
+    assert page.locator("#img2img_seed input[type=number]").first.input_value() == "4321"
+    assert page.locator("#img2img_neg_prompt textarea").input_value() == "blurry"
+    assert page.locator("#img2img_steps input[type=number]").first.input_value() == "7"
+    set_number(page, "img2img_seed", 1)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.click("#inpaint_tab")
+    page.wait_for_function("() => document.querySelector('#img2maskimg canvas') !== null"
+                           " && document.querySelector('#img2maskimg').offsetParent !== null")
+    page.wait_for_function("() => document.querySelector('#img2img_seed input[type=number]').value === '4321'")
+    page.click("#img2img_clear_prompt")   # 🗑️ empties both prompt boxes
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea').value === ''"
+                           " && document.querySelector('#img2img_neg_prompt textarea').value === ''")
+    page.get_by_role("tab", name="PNG Info").click()
+    page.click("#extras_tab")
+    page.wait_for_function("() => document.querySelector('#extras_image img') !== null"
+                           " && document.querySelector('#extras_image').offsetParent !== null")
+
+
+def test_generate_forever_from_the_context_menu(page, data_dir):
+    """Right-click on Generate: "Generate forever" starts a job whenever the last one ended, "Cancel generate
+    forever" stops it; the job running then finishes and no other starts."""
+    page.get_by_role("tab", name="txt2img").first.click()
+    pick_tiny_sd1(page)
+    for eid, v in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_seed", -1),
+                   ("txt2img_batch_count", 1)):
+        set_number(page, eid, v)
+    page.locator("#txt2img_prompt textarea").fill("a blue circle")
+    folder = data_dir / "outputs" / "txt2img-images"
+    started = time.time() - 1
+
+    def made() -> int:
+        return len([f for f in folder.rglob("*.png") if f.stat().st_mtime >= started])
+
+    page.click("#txt2img_generate", button="right")
+    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+    deadline = time.time() + 120
+    while made() < 3 and time.time() < deadline:
+        time.sleep(0.2)
+    assert made() >= 3, "generate forever keeps starting jobs"
+    page.click("#txt2img_generate", button="right")
+    page.get_by_role("menuitem", name="Cancel generate forever").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() === ''")
+    time.sleep(3)
+    count = made()
+    time.sleep(3)
+    assert made() == count, "no job starts after cancelling"

@@ -92,7 +92,8 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
             with gr.Tab("SD upscale", id="tab_sd_upscale", elem_id="tab_sd_upscale"):
                 upscale_tab.build(scripts)
             with gr.Tab("PNG Info", id="tab_pnginfo", elem_id="tab_pnginfo"):
-                pnginfo_tab.build(t2i.fields, tabs, t2i.controlnet, engine.models)
+                pnginfo_tab.build(t2i.fields, tabs, t2i.controlnet, engine.models, img2img=i2i,
+                                  extras_image=extras.image)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):
                 merger_tab.build(engine, ckpt)
             for tab in ext_tabs:

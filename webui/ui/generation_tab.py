@@ -52,7 +52,9 @@ class GenerationTab:
                     interrupt = gr.Button("Interrupt", elem_id=f"{m}_interrupt", size="sm")
                     skip = gr.Button("Skip", elem_id=f"{m}_skip", size="sm")
                 # A1111's "Read generation parameters from prompt": an infotext pasted into the prompt box
-                paste = gr.Button("↙ Read parameters from prompt", elem_id=f"{m}_paste", size="sm")
+                with gr.Row():
+                    paste = gr.Button("↙ Read parameters from prompt", elem_id=f"{m}_paste", size="sm", scale=4)
+                    clear = gr.Button("🗑️", elem_id=f"{m}_clear_prompt", size="sm", min_width=40, scale=1)
         with gr.Row():
             with gr.Column():
                 with gr.Row():
@@ -260,6 +262,7 @@ class GenerationTab:
             return [*values, *cn, ""]
 
         paste.click(read_prompt, prompt, [*paste_fields.values(), *cn_outputs, error], queue=False)
+        clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)   # A1111's 🗑️: both prompt boxes
         random_seed.click(lambda: -1, None, seed, queue=False)
         random_subseed.click(lambda: -1, None, subseed, queue=False)
         subseed_show.change(lambda v: gr.Group(visible=bool(v)), subseed_show, seed_extras, queue=False)

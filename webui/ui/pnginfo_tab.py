@@ -58,14 +58,21 @@ def paste_values(text: str, fields: dict, models=None) -> list:
     return out
 
 
-def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None, models=None) -> None:
-    """The PNG Info tab; "Send to txt2img" fills the txt2img fields and its ControlNet units (when given)."""
+def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None, models=None, img2img=None,
+          extras_image=None) -> None:
+    """The PNG Info tab. "Send to txt2img" fills the txt2img fields and its ControlNet units (when given); with the
+    img2img tab (a GenerationTab) "Send to img2img" / "Send to inpaint" put the image there with its parameters,
+    and with the Extras tab's input image "Send to extras" puts it there, as A1111's PNG Info does."""
     with gr.Row():
         image = gr.Image(label="Source", type="filepath", elem_id="pnginfo_image", sources=["upload"])
         with gr.Column():
             html_out = gr.HTML(elem_id="pnginfo_html")
             text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_generation_info", interactive=False)
-            send = gr.Button("Send to txt2img", elem_id="txt2img_tab")
+            with gr.Row():
+                send = gr.Button("Send to txt2img", elem_id="txt2img_tab")
+                send_i2i = gr.Button("Send to img2img", elem_id="img2img_tab", visible=img2img is not None)
+                send_inpaint = gr.Button("Send to inpaint", elem_id="inpaint_tab", visible=img2img is not None)
+                send_extras = gr.Button("Send to extras", elem_id="extras_tab", visible=extras_image is not None)
     image.change(lambda p: read_image_info(p)[::-1], image, [html_out, text])
     from webui.ui.generation_tab import paste_controlnet
     cn_outputs = controlnet.inputs if controlnet is not None else []
@@ -75,3 +82,32 @@ def build(txt2img_fields: dict, tabs: gr.Tabs, controlnet=None, models=None) -> 
         return [*paste_values(t, txt2img_fields, models), *cn, gr.Tabs(selected="tab_txt2img")]
 
     send.click(send_to_txt2img, text, [*txt2img_fields.values(), *cn_outputs, tabs])
+
+    def opened(path):
+        from PIL import Image
+        if not path:
+            return None
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    if img2img is not None:
+        hires = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y",
+                 "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
+        fields = {k: v for k, v in img2img.fields.items()
+                  if k not in img2img.i2i_fields and k not in hires and k != "styles"}
+        tail = [img2img.mode_state, img2img.subtabs, tabs, *fields.values()]
+
+        def to_img2img(path, t):
+            return [opened(path), "img2img", gr.Tabs(selected="img2img"), gr.Tabs(selected="tab_img2img"),
+                    *paste_values(t, fields, models)]
+
+        def to_inpaint(path, t):
+            im = opened(path)
+            editor = {"background": im, "layers": [], "composite": im} if im is not None else None
+            return [editor, "inpaint", gr.Tabs(selected="inpaint"), gr.Tabs(selected="tab_img2img"),
+                    *paste_values(t, fields, models)]
+
+        send_i2i.click(to_img2img, [image, text], [img2img.plain_image, *tail])
+        send_inpaint.click(to_inpaint, [image, text], [img2img.inpaint_editor, *tail])
+    if extras_image is not None:
+        send_extras.click(lambda path: [opened(path), gr.Tabs(selected="tab_extras")], image, [extras_image, tabs])

@@ -18,16 +18,24 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="Debian chr
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
-        pg.goto(server)
-        pg.wait_for_selector("#txt2img_prompt textarea")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page per test: a page that has shown Gradio's image editors keeps the CPU busy drawing them, which
+    slowed every later test of the module (and the server beside it) three- to five-fold."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    pg.wait_for_selector("#txt2img_prompt textarea")
+    yield pg
+    pg.close()
 
 
 def set_number(page, elem_id: str, value) -> None:

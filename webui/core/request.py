@@ -271,6 +271,16 @@ def fields_from_infotext(parsed: dict[str, Any],
         overrides["sd_vae"] = str(parsed["VAE"])
     if parsed.get("Emphasis"):
         overrides["emphasis"] = str(parsed["Emphasis"])
+    for key, setting, kind in (("Sigma churn", "s_churn", float), ("Sigma tmin", "s_tmin", float),
+                               ("Sigma tmax", "s_tmax", float), ("Sigma noise", "s_noise", float),
+                               ("NGMS", "s_min_uncond", float), ("Skip Early CFG", "skip_early_cond", float)):
+        if parsed.get(key) not in (None, ""):
+            try:
+                overrides[setting] = kind(parsed[key])
+            except ValueError:
+                pass
+    if str(parsed.get("NGMS all steps", "")).lower() == "true":
+        overrides["s_min_uncond_all"] = True
     if parsed.get("Hires refiner"):
         overrides["hires_fix_refiner_pass"] = str(parsed["Hires refiner"])
     if str(parsed.get("Refiner switch by sampling steps", "")).lower() == "true":

@@ -38,6 +38,7 @@ from webui.engine.img2img import InitImages, inpaint_conditioning
 from webui.engine.jobs import Job, JobQueue
 from webui.engine.prompts import ExtraNetworks, JobPrompts
 from webui.engine.refiner import OtherModels
+from webui.engine.sampler_params import SamplerParams
 from webui.models.embeddings import ti_hashes_infotext
 from webui.models.lora import apply_loras, find_lora, lora_hashes_infotext
 from webui.models.manager import LoadedModel, ModelManager
@@ -373,6 +374,8 @@ class Engine:
             n_chunks = (max(n_chunks), max(n_chunks))
         control = self._control_passes(req, model, init, hires, seeds)
         unet = self.sampling_unet(model, opts, networks, res, req)
+        params = SamplerParams.of(req, opts)
+        skipped: set[str] = set()   # why steps ran without the negative prompt (NGMS, Skip Early CFG)
         refiner_name = refiner.chosen(req.refiner_checkpoint)
         refine_first, refine_second = refiner.refiner_passes(str(opts.get("hires_fix_refiner_pass")), bool(hires))
         images: list = []
@@ -394,7 +397,7 @@ class Engine:
             plan = sampling.SamplingPlan(
                 scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
                 conditioning=first.conditioning(sl, n_chunks), generators=gens, per_image=device.type == "cpu",
-                eta=req.eta)
+                eta=req.eta, params=params, skipped=skipped)
             if model.is_sdxl:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
@@ -435,7 +438,8 @@ class Engine:
                         enc, *hr_texts, req.steps, hr_steps).conditioning(sl, n_chunks)) \
                         if others is not None and refiner_name and refine_second else None
                     latents = self._hires_pass(job, req, hires, first_model, state["model"], latents, gens, hr_cond,
-                                               sl, opts, preview_every, hr_unet, control=control[1], switch=switch)
+                                               sl, opts, preview_every, hr_unet, control=control[1], switch=switch,
+                                               params=params, skipped=skipped)
             except sampling.StopSampling as stop:
                 # interrupted or skipped: as A1111, the batch comes back as far as it got (the last step's
                 # prediction of the clean image), saved only with the setting save_incomplete_images
@@ -454,7 +458,7 @@ class Engine:
             batch_images = sampling.to_pil(decoded)
             if finish is not None:
                 batch_images = finish(batch_images)
-            extra = {}
+            extra = {**params.infotext(scheduler), **params.skip_infotext(skipped)}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
@@ -525,7 +529,8 @@ class Engine:
 
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, first_model: LoadedModel,
                     model: LoadedModel, latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict,
-                    preview_every: int, unet, control: cn_engine.ControlPass | None = None, switch=None):
+                    preview_every: int, unet, control: cn_engine.ControlPass | None = None, switch=None,
+                    params: SamplerParams | None = None, skipped: set | None = None):
         """Hires fix: upscale the first pass (in latent space, or as an image decoded by ``first_model``, the
         checkpoint that ended it) and denoise it again with ``model``'s ``unet`` (plain or compiled), switching to
         the refiner where ``switch`` says."""
@@ -549,7 +554,7 @@ class Engine:
         n = sl.stop - sl.start
         plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
                                      conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta,
-                                     switch=switch)
+                                     switch=switch, params=params, skipped=set() if skipped is None else skipped)
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)

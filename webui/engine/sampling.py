@@ -11,6 +11,7 @@ import torch
 
 from webui.engine.conditioning import Cond
 from webui.engine.events import CFGDenoiserParams
+from webui.engine.sampler_params import sigma_at
 
 
 class StopSampling(Exception):
@@ -53,6 +54,10 @@ class SamplingPlan:
     denoised: torch.Tensor | None = None
     # Another checkpoint takes over part-way (refiner.ModelSwitch: due(i, t, steps), load()); None: no switch.
     switch: object | None = None
+    # A1111's sampler parameters (sampler_params.SamplerParams): sigma churn etc., NGMS and Skip Early CFG; the
+    # reasons a step ran without the negative prompt are added to ``skipped`` (shared by a job's passes).
+    params: object | None = None
+    skipped: set = field(default_factory=set)
 
 
 def fixed(cond: Cond, uncond: Cond) -> Callable[[int], Conditioning]:
@@ -79,6 +84,8 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
         sch.set_timesteps(plan.steps, device=latents.device)
         timesteps = sch.timesteps
     step_kw = _step_kwargs(sch, plan.generators if len(plan.generators) > 1 else plan.generators[0], plan.eta)
+    if plan.params is not None:
+        step_kw.update(plan.params.step_kwargs(sch))
     dtype = unet.dtype   # once per job: diffusers finds it by walking every module (12 ms for an SDXL UNet)
     for i, t in enumerate(timesteps):
         if plan.switch is not None and plan.switch.due(i, t, len(timesteps)):
@@ -96,8 +103,13 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
         residuals = None
         if plan.unet_residuals is not None:
             residuals = functools.partial(plan.unet_residuals, i, len(timesteps))
+        skip = None
+        if plan.params is not None:
+            skip = plan.params.skip_uncond(i, len(timesteps), sigma_at(sch, t))
+            if skip:
+                plan.skipped.add(skip)
         out = _denoise(unet, dtype, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids,
-                       plan.per_image, plan.unet_concat, residuals)
+                       plan.per_image, plan.unet_concat, residuals, skip_uncond=bool(skip))
         stepped = sch.step(out, t, latents, **step_kw)
         latents = stepped.prev_sample
         plan.denoised = _denoised(sch, stepped, latents)
@@ -126,24 +138,26 @@ def _denoised(sch, stepped, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None,
-             residuals=None, rows=None):
+             residuals=None, rows=None, skip_uncond=False):
     """The guided noise prediction for the whole batch: uncond + cfg * sum_j w_j (cond_j - uncond)
-    (composable diffusion when the prompt has AND parts)."""
+    (composable diffusion when the prompt has AND parts). With ``skip_uncond`` the negative prompt's pass is not
+    run and the first AND part stands in for it (A1111's NGMS / Skip Early CFG)."""
     guided = cfg_scale > 1.0 or len(conds) > 1
-    groups = ([uncond] if guided else []) + [c for c, _ in conds]
+    with_uncond = guided and not skip_uncond
+    groups = ([uncond] if with_uncond else []) + [c for c, _ in conds]
     b = latents.shape[0]
     if per_image and b > 1:
         parts = []
         for i in range(b):
             sub = [Cond(g.embeds[i:i + 1], None if g.pooled is None else g.pooled[i:i + 1]) for g in groups]
-            sub_conds = list(zip(sub[1:] if guided else sub,
+            sub_conds = list(zip(sub[1:] if with_uncond else sub,
                                  [w[i:i + 1] if torch.is_tensor(w) else w for _, w in conds]))
-            parts.append(_denoise(unet, dtype, sch, latents[i:i + 1], t, sub_conds, sub[0] if guided else None,
+            parts.append(_denoise(unet, dtype, sch, latents[i:i + 1], t, sub_conds, sub[0] if with_uncond else None,
                                   cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
-                                  None if concat is None else concat[i:i + 1], residuals, [i]))
+                                  None if concat is None else concat[i:i + 1], residuals, [i], skip_uncond))
         return torch.cat(parts)
     scaled = sch.scale_model_input(latents, t)
-    cond_flags = ([False] if guided else []) + [True] * len(conds)
+    cond_flags = ([False] if with_uncond else []) + [True] * len(conds)
     outs: list = [None] * len(groups)
     # one UNet call for all groups of one length; a negative prompt of another chunk count than the prompt runs
     # apart, as A1111 does unless its setting pad_cond_uncond is on
@@ -156,9 +170,9 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
             outs[k] = o
     if not guided:
         return outs[0]
-    u = outs[0]
+    u = outs[0]   # the negative prompt's prediction, or the first part's standing in for it
     total = u
-    for o, (_, w) in zip(outs[1:], conds):   # w: a number, or one per image (B, 1, 1, 1)
+    for o, (_, w) in zip(outs[1:] if with_uncond else outs, conds):   # w: a number, or one per image (B,1,1,1)
         total = total + cfg_scale * (w.to(o) if torch.is_tensor(w) else w) * (o - u)
     return total
 

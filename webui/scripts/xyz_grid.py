@@ -9,7 +9,7 @@ An axis type is its label ("CFG Scale", case-insensitive) or its index in this t
 list in A1111's order (so an API client's indices mean the same axes). Every value of every axis, and every
 cell, is checked before the first image is made; the number of cells is capped by the setting xyz_max_cells.
 Cells run in A1111's order (X fastest, Z slowest, an axis dearer than the others outermost). A1111's axes with no
-counterpart in this studio's sampler (the sigma and schedule-sigma axes, Image CFG Scale, Initial/Extra noise,
+counterpart in this studio's sampler (the schedule-sigma axes, Image CFG Scale, Initial/Extra noise,
 UniPC order, Face restore, Token merging, FP8 ...) are listed to keep the indices and refused with a
 message.
 """
@@ -165,11 +165,11 @@ AXES: tuple[Axis, ...] = (
     Axis("Hires sampler", "str", _field("hr_sampler_name"), choices=_samplers, tab="txt2img"),
     Axis("Sampler", "str", _field("sampler_name"), show="value", choices=_samplers, tab="img2img"),
     Axis("Checkpoint name", "str", _checkpoint, show="path", cost=1.0, choices=_checkpoints),
-    _unsupported("Negative Guidance minimum sigma"),
-    _unsupported("Sigma Churn"),
-    _unsupported("Sigma min"),
-    _unsupported("Sigma max"),
-    _unsupported("Sigma noise"),
+    Axis("Negative Guidance minimum sigma", "float", _override("s_min_uncond")),
+    Axis("Sigma Churn", "float", _override("s_churn")),
+    Axis("Sigma min", "float", _override("s_tmin")),
+    Axis("Sigma max", "float", _override("s_tmax")),
+    Axis("Sigma noise", "float", _override("s_noise")),
     Axis("Schedule type", "str", _field("scheduler"), choices=_schedules),
     _unsupported("Schedule min sigma"),
     _unsupported("Schedule max sigma"),

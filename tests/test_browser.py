@@ -506,3 +506,21 @@ def test_generate_forever_from_the_context_menu(page, data_dir):
     count = made()
     time.sleep(3)
     assert made() == count, "no job starts after cancelling"
+
+
+def test_img2img_resize_by_scales_the_input_image(page, data_dir, tmp_path):
+    """img2img's "Resize by": the job's size is the input image's times the scale, floored to multiples of 8."""
+    pick_tiny_sd1(page)
+    page.get_by_role("tab", name="img2img").first.click()
+    source = tmp_path / "wide.png"
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(source)
+    page.locator("#img2img_image input[type=file]").set_input_files(str(source))
+    page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
+    page.locator("#img2img_prompt textarea").fill("a red square")
+    page.get_by_role("tab", name="Resize by").click()
+    set_number(page, "img2img_scale", 1.5)
+    page.wait_for_function("() => document.querySelector('#img2img_scale_resolution_preview')"
+                           ".innerText.includes('from 96x64 to 144x96')")
+    saved, _, _ = generate_img2img(page, data_dir, 6161, img2img_steps=2)
+    assert Image.open(saved).size == (144, 96), "the width and height sliders (64x64) are not what Resize by uses"
+    assert "Size: 144x96" in Image.open(saved).info["parameters"]

@@ -169,6 +169,7 @@ class GenerationTab:
         if m == "img2img":
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
+            self.fields.update(scale_by_tab=self.scale_tab, scale_by=self.scale)
         cn_inputs = self.controlnet.inputs if self.controlnet else []
         inputs = list(self.fields.values()) + self.init_inputs + cn_inputs
         script_inputs = self.scripts_ui.inputs if self.scripts_ui else []
@@ -205,6 +206,8 @@ class GenerationTab:
                     job = e.submit_img2img_batch(req, *init_values[-3:])
                 elif m == "img2img":
                     images, mask = init_from_editors(*init_values[:7])
+                    if kw["scale_by_tab"]:   # "Resize by": the size is the input image's times the scale
+                        req.width, req.height = scaled_size(images[0], kw["scale_by"])
                     job = (self.scripts.submit(req, images, mask, save=save) if self.scripts is not None
                            else e.submit_img2img(req, images, mask, save=save))
                 else:
@@ -249,7 +252,20 @@ class GenerationTab:
         skip.click(lambda: e.jobs.skip(), None, None, queue=False)
         paste_fields = {k: v for k, v in self.fields.items() if k != "styles"}
         if m == "img2img":   # the img2img image's own settings are not in a txt2img infotext
-            paste_fields = {k: v for k, v in paste_fields.items() if k not in self.i2i_fields}
+            paste_fields = {k: v for k, v in paste_fields.items()
+                            if k not in self.i2i_fields and k not in ("scale_by_tab", "scale_by")}
+
+            def preview(scale_value, *editors):
+                try:
+                    image = init_from_editors(*editors)[0][0]
+                except StudioError:
+                    return ""
+                w, h = scaled_size(image, scale_value)
+                return f"<span class='studio-info'>resize: from {image.width}x{image.height} to {w}x{h}</span>"
+
+            editors = self.init_inputs[:7]
+            for trigger in (self.scale.change, *(c.change for c in editors[1:])):
+                trigger(preview, [self.scale, *editors], self.scale_preview, queue=False, show_progress="hidden")
         cn_outputs = self.controlnet.inputs if self.controlnet else []
 
         def read_prompt(text: str):
@@ -318,6 +334,17 @@ class GenerationTab:
         with gr.Row():
             resize = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
                               elem_id="resize_mode")
+        # A1111's "Resize to" (the width and height above) / "Resize by" (a scale of the input image)
+        scale_tab = gr.State(False)
+        with gr.Tabs(elem_id="img2img_tabs_resize"):
+            with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as to_tab:
+                gr.Markdown("The width and height above.")
+            with gr.Tab("Resize by", elem_id="img2img_tab_resize_by") as by_tab:
+                scale = gr.Slider(0.05, 4.0, value=1.0, step=0.05, label="Scale", elem_id="img2img_scale")
+                self.scale_preview = gr.HTML(elem_id="img2img_scale_resolution_preview")
+        to_tab.select(lambda: False, None, scale_tab, queue=False)
+        by_tab.select(lambda: True, None, scale_tab, queue=False)
+        self.scale_tab, self.scale = scale_tab, scale
         self.i2i_denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                      elem_id="img2img_denoising_strength")
         with gr.Accordion("Inpainting", open=True, elem_id="img2img_inpaint_controls"):
@@ -354,6 +381,12 @@ def _extra_fields(kw: dict) -> dict:
         **{k: None if kw[k] in (None, "", same) else kw[k] for k, same in USE_SAME.items()},
         "hr_prompt": kw["hr_prompt"] or "", "hr_negative_prompt": kw["hr_negative_prompt"] or "",
     }
+
+
+def scaled_size(image, scale) -> tuple[int, int]:
+    """img2img's "Resize by": the input image's size times ``scale``, down to multiples of 8 (as A1111)."""
+    w, h = int(image.width * float(scale)), int(image.height * float(scale))
+    return max(8, w - w % 8), max(8, h - h % 8)
 
 
 def reused_seed(infotexts: list, index, fallback, key: str) -> int:

@@ -524,3 +524,24 @@ def test_img2img_resize_by_scales_the_input_image(page, data_dir, tmp_path):
     saved, _, _ = generate_img2img(page, data_dir, 6161, img2img_steps=2)
     assert Image.open(saved).size == (144, 96), "the width and height sliders (64x64) are not what Resize by uses"
     assert "Size: 144x96" in Image.open(saved).info["parameters"]
+
+
+def test_quicksettings_bar_shows_the_vae_and_saves_clip_skip_at_once(page, data_dir, server):
+    """The settings of quicksettings_list (A1111's; here the checkpoint, SD VAE and Clip skip by default) sit at the
+    top of the page, not in the Settings tab, and a change is saved at once: the next job uses it."""
+    import httpx
+    assert page.locator("#quicksettings #setting_sd_vae").count() == 1
+    assert page.locator("#settings_section_stable_diffusion #setting_CLIP_stop_at_last_layers").count() == 0
+    pick_tiny_sd1(page)
+    try:
+        set_number(page, "setting_CLIP_stop_at_last_layers", 2)
+        deadline = time.time() + 30
+        while httpx.get(server + "/sdapi/v1/options", timeout=30).json()["CLIP_stop_at_last_layers"] != 2:
+            assert time.time() < deadline, "the quicksetting was not saved"
+            time.sleep(0.2)
+        for eid, v in (("txt2img_steps", 2), ("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_seed", 8)):
+            set_number(page, eid, v)
+        saved = generate(page, data_dir, "a black square")
+        assert "Clip skip: 2" in Image.open(saved).info["parameters"]
+    finally:
+        httpx.post(server + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}, timeout=30)

@@ -24,6 +24,9 @@ def _defs() -> dict[str, Setting]:
     s = Setting
     return {
         "sd_model_checkpoint": s("", "Stable Diffusion checkpoint", "Stable Diffusion"),
+        "quicksettings_list": s(["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"],
+                                "Quicksettings list: settings shown at the top of the page instead of in this tab "
+                                "(requires a restart)", "User interface"),
         "sd_checkpoints_limit": s(1, "Checkpoints kept loaded (RAM cache size)", "Stable Diffusion",
                                   minimum=1, maximum=10),
         "sd_vae": s("Automatic", "SD VAE", "Stable Diffusion"),
@@ -162,6 +165,11 @@ class Settings:
                 raise ValueError(f"{key} must be between {d.minimum} and {d.maximum}")
         elif kind is str and not isinstance(value, str):
             raise ValueError(f"{key} must be a string")
+        elif kind is list:   # a list of names; A1111's clients also send them comma-separated
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{key} must be a list of names")
         if d.choices and value not in d.choices:
             raise ValueError(f"{key} must be one of {', '.join(map(str, d.choices))}")
         return value

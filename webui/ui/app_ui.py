@@ -60,6 +60,7 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
     ext_tabs = extensions.ui_tabs() if extensions else []   # their Blocks are made outside the page's
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
         ckpt = _checkpoint_bar(engine)
+        settings_tab.build_quicksettings(engine.settings, {"sd_vae": engine.models.vae_names})
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
                 t2i = GenerationTab(engine, "txt2img", scripts)

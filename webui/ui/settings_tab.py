@@ -41,7 +41,8 @@ def _widget(key: str, d: Setting, value, choices: list | None) -> gr.components.
     if isinstance(d.default, bool):
         return gr.Checkbox(value=value, label=d.label, info=info, elem_id=eid)
     if choices is not None:
-        return gr.Dropdown(choices, value=value, label=d.label, info=info, elem_id=eid, allow_custom_value=True)
+        return gr.Dropdown(choices, value=value, label=d.label, info=info, elem_id=eid, allow_custom_value=True,
+                           multiselect=isinstance(d.default, list))
     if isinstance(d.default, (int, float)):
         if d.minimum is not None and d.maximum is not None and d.maximum - d.minimum <= 1000:
             step = 1 if isinstance(d.default, int) else (d.maximum - d.minimum) / 100
@@ -51,10 +52,53 @@ def _widget(key: str, d: Setting, value, choices: list | None) -> gr.components.
     return gr.Textbox(value=value, label=d.label, info=info, elem_id=eid)
 
 
+def quick_keys(settings: Settings) -> list[str]:
+    """The settings of the quicksettings bar (setting quicksettings_list; the checkpoint has its own picker)."""
+    listed = settings.get("quicksettings_list") or []
+    return [k for k in listed if k in settings.defs and k not in HIDDEN]
+
+
+def build_quicksettings(settings: Settings, dynamic_choices: dict[str, Callable[[], list]] | None = None) -> dict:
+    """A1111's quicksettings: the listed settings as widgets at the top of the page, each saved as soon as it
+    changes (an invalid value is shown, not saved). Returns the widgets by setting key."""
+    dynamic_choices = dynamic_choices or {}
+    keys = quick_keys(settings)
+    if not keys:
+        return {}
+    components: dict[str, gr.components.Component] = {}
+    with gr.Row(elem_id="quicksettings"):
+        for key in keys:
+            d = settings.defs[key]
+            choices = list(dynamic_choices[key]()) if key in dynamic_choices else \
+                (list(d.choices) if d.choices else None)
+            components[key] = _widget(key, d, settings.get(key), choices)
+    status = gr.HTML(elem_id="quicksettings_status")
+
+    def saver(key: str):
+        def save(value):
+            try:
+                settings.update({key: _coerce(settings.defs[key], value)})
+            except ValueError as e:
+                return error_html(e)
+            return ""
+        return save
+
+    for key, widget in components.items():
+        widget.change(saver(key), widget, status, queue=False, show_progress="hidden")
+        if key in dynamic_choices:   # files dropped in since the page was built
+            widget.focus(lambda k=key: gr.Dropdown(choices=list(dynamic_choices[k]())), None, widget, queue=False)
+    root = Context.root_block
+    if root is not None:   # the saved values each time the page opens (the API may have changed them)
+        root.load(lambda: [settings.get(k) for k in components], None, list(components.values()), queue=False,
+                  show_progress="hidden")
+    return components
+
+
 def build(settings: Settings, dynamic_choices: dict[str, Callable[[], list]] | None = None) -> dict:
     """Build the tab inside the current Blocks. dynamic_choices: setting key -> callable giving its current
-    choices (e.g. the VAE files). Returns the widgets by setting key."""
-    dynamic_choices = dynamic_choices or {}
+    choices (e.g. the VAE files). Returns the widgets by setting key. The quicksettings are not repeated here."""
+    dynamic_choices = {"quicksettings_list": lambda: sorted(settings.defs), **(dynamic_choices or {})}
+    hidden = HIDDEN | set(quick_keys(settings))
 
     def choices_of(key: str, d: Setting) -> list | None:
         if key in dynamic_choices:
@@ -69,7 +113,7 @@ def build(settings: Settings, dynamic_choices: dict[str, Callable[[], list]] | N
     result = gr.HTML(elem_id="settings_result")
     sections: dict[str, list[str]] = {}
     for key, d in settings.defs.items():
-        if key not in HIDDEN:
+        if key not in hidden:
             sections.setdefault(d.section, []).append(key)
     components: dict[str, gr.components.Component] = {}
     accordions: dict[str, gr.Accordion] = {}

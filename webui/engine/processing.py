@@ -434,6 +434,8 @@ class Engine:
                         hr_unet = others.unet(hr_other.model, res)
                         hr_cond = JobPrompts(hr_other.encoder, *hr_texts, req.steps, hr_steps).conditioning(
                             sl, n_chunks)
+                    elif others is not None and others.loaded:   # back from the refiner: the job's own UNet,
+                        hr_unet = others.unet(model, res)        # on the device again (a GPU holds one)
                     switch = others.switch(refiner_name, res, state, lambda enc, sl=sl: JobPrompts(
                         enc, *hr_texts, req.steps, hr_steps).conditioning(sl, n_chunks)) \
                         if others is not None and refiner_name and refine_second else None

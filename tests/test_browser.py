@@ -500,7 +500,12 @@ def test_generate_forever_from_the_context_menu(page, data_dir):
         time.sleep(0.2)
     assert made() >= 3, "generate forever keeps starting jobs"
     page.click("#txt2img_generate", button="right")
-    page.get_by_role("menuitem", name="Cancel generate forever").click()
+    # the loop's next click on Generate (made while the menu is open) must leave the menu open
+    opened = made()
+    deadline = time.time() + 60
+    while made() <= opened and time.time() < deadline:
+        time.sleep(0.2)
+    page.get_by_role("menuitem", name="Cancel generate forever").click(timeout=5000)
     page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() === ''")
     time.sleep(3)
     count = made()

@@ -63,6 +63,8 @@
         menu(button.id.replace(/_generate$/, ""), e.clientX, e.clientY);
     });
     document.addEventListener("click", function (e) {
+        // generate forever's own button.click() is untrusted: it must not close a menu the user has open
+        if (!e.isTrusted) return;
         if (!e.target.closest || !e.target.closest(".studio-context-menu")) {
             document.querySelectorAll(".studio-context-menu").forEach(m => m.remove());
         }

@@ -469,7 +469,12 @@ def test_png_info_sends_to_img2img_inpaint_and_extras(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#img2maskimg canvas') !== null"
                            " && document.querySelector('#img2maskimg').offsetParent !== null")
     page.wait_for_function("() => document.querySelector('#img2img_seed input[type=number]').value === '4321'")
-    page.click("#img2img_clear_prompt")   # 🗑️ empties both prompt boxes
+    page.once("dialog", lambda d: d.dismiss())   # 🗑️ asks first: "no" keeps the prompts
+    page.click("#img2img_clear_prompt")
+    page.wait_for_timeout(500)
+    assert page.locator("#img2img_prompt textarea").input_value() == "a white star at the bottom"
+    page.once("dialog", lambda d: d.accept())    # "yes" empties both prompt boxes
+    page.click("#img2img_clear_prompt")
     page.wait_for_function("() => document.querySelector('#img2img_prompt textarea').value === ''"
                            " && document.querySelector('#img2img_neg_prompt textarea').value === ''")
     page.get_by_role("tab", name="PNG Info").click()

@@ -227,10 +227,10 @@ def test_axis_indices_are_a1111s_and_its_missing_axes_are_refused(runner):
            21: "Clip skip", 22: "Denoising", 25: "Cond. Image Mask Weight", 26: "VAE", 38: "Size"}
     assert {k: find_axis(k, False, "X type").label for k in t2i} == t2i
     assert {k: find_axis(k, True, "X type").label for k in i2i} == i2i
-    job = runner.submit(req(script_name=XYZ, script_args=xyz_args(18, "0.1, 1")), save=False)
+    job = runner.submit(req(script_name=XYZ, script_args=xyz_args(31, "0.1, 0.5")), save=False)
     with pytest.raises(InvalidField) as e:
         job.wait(120)
-    assert "'Schedule min sigma' has no counterpart" in str(e.value) and job.progress.sampling_steps == 0
+    assert "'Token merging ratio' has no counterpart" in str(e.value) and job.progress.sampling_steps == 0
 
 
 def test_cells_run_in_a1111s_order_and_seeds_vary_as_a1111s(engine, runner):

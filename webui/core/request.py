@@ -273,7 +273,11 @@ def fields_from_infotext(parsed: dict[str, Any],
         overrides["emphasis"] = str(parsed["Emphasis"])
     for key, setting, kind in (("Sigma churn", "s_churn", float), ("Sigma tmin", "s_tmin", float),
                                ("Sigma tmax", "s_tmax", float), ("Sigma noise", "s_noise", float),
-                               ("NGMS", "s_min_uncond", float), ("Skip Early CFG", "skip_early_cond", float)):
+                               ("NGMS", "s_min_uncond", float), ("Skip Early CFG", "skip_early_cond", float),
+                               ("Noise multiplier", "initial_noise_multiplier", float),
+                               ("Extra noise", "img2img_extra_noise", float), ("UniPC order", "uni_pc_order", int),
+                               ("UniPC variant", "uni_pc_variant", str), ("Schedule min sigma", "sigma_min", float),
+                               ("Schedule max sigma", "sigma_max", float), ("Schedule rho", "rho", float)):
         if parsed.get(key) not in (None, ""):
             try:
                 overrides[setting] = kind(parsed[key])
@@ -281,6 +285,8 @@ def fields_from_infotext(parsed: dict[str, Any],
                 pass
     if str(parsed.get("NGMS all steps", "")).lower() == "true":
         overrides["s_min_uncond_all"] = True
+    if str(parsed.get("SGM noise multiplier", "")).lower() == "true":
+        overrides["sgm_noise_multiplier"] = True
     if parsed.get("Hires refiner"):
         overrides["hires_fix_refiner_pass"] = str(parsed["Hires refiner"])
     if str(parsed.get("Refiner switch by sampling steps", "")).lower() == "true":

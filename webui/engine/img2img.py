@@ -121,7 +121,7 @@ class InitImages:
         elif latent_mask is not None and req.inpainting_fill == 3:
             init = init * (1 - latent_mask)
         timesteps = sampling.partial_timesteps(scheduler, req.steps, self.denoise, device)
-        start = sampling.noised_start(scheduler, init, noise, timesteps)
+        start = sampling.noised_start(scheduler, init, noise, timesteps, plan.params, img2img=True)
         if model.inpainting:
             # The model sees the unmasked picture through its extra input channels, so (as diffusers'
             # inpainting pipeline) the latents are not blended back each step.

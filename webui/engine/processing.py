@@ -187,6 +187,8 @@ class Engine:
                                                f"{', '.join(engine_samplers.available())}")
         if not engine_samplers.supports(sampler, engine_samplers.effective_schedule(sampler, schedule)):
             engine_samplers.make_scheduler(sampler, schedule, {})  # raises the message naming valid choices
+        if any(float(opts.get(k, 0) or 0) for k in ("sigma_min", "sigma_max", "rho")):   # min below max
+            engine_samplers.make_scheduler(sampler, schedule, engine_samplers.SD_NOISE, opts, req.steps)
         try:
             self.models.find(opts.get("sd_model_checkpoint") or None)
         except NotFound as e:
@@ -393,7 +395,8 @@ class Engine:
             latents, gens = noise.initial_noise(seeds[sl], latent_shape, device, str(opts.get("randn_source")),
                                                 subseeds[sl], req.subseed_strength, resize_from)
             noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
-            scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config))
+            scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config), opts,
+                                                       req.steps)
             plan = sampling.SamplingPlan(
                 scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
                 conditioning=first.conditioning(sl, n_chunks), generators=gens, per_image=device.type == "cpu",
@@ -412,7 +415,8 @@ class Engine:
             else:
                 scheduler.set_timesteps(req.steps, device=device)
                 timesteps = scheduler.timesteps
-                latents = latents.to(device) * scheduler.init_noise_sigma
+                sgm = params.start_noise_sigma(scheduler)
+                latents = latents.to(device) * (scheduler.init_noise_sigma if sgm is None else sgm)
                 if model.inpainting:   # as A1111: everything masked, a blank picture behind the mask
                     plan.unet_concat = inpaint_conditioning(pipe.vae, None, None, mask_weight,
                                                             (req.height, req.width), req.batch_size,
@@ -460,7 +464,9 @@ class Engine:
             batch_images = sampling.to_pil(decoded)
             if finish is not None:
                 batch_images = finish(batch_images)
-            extra = {**params.infotext(scheduler), **params.skip_infotext(skipped)}
+            extra = {**params.infotext(scheduler), **params.skip_infotext(skipped),
+                     **params.noise_infotext(init is not None, bool(hires)),
+                     **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts)}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
@@ -548,11 +554,12 @@ class Engine:
             big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts)
                    for im in sampling.to_pil(first)]
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
-        scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config))
+        scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config), opts,
+                                                   hr.steps)
         timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device)
         from diffusers.utils.torch_utils import randn_tensor
         noise = torch.cat([randn_tensor((1, init.shape[1], lh, lw), generator=g, device=device) for g in gens])
-        start = sampling.noised_start(scheduler, init.to(device), noise, timesteps)
+        start = sampling.noised_start(scheduler, init.to(device), noise, timesteps, params)
         n = sl.stop - sl.start
         plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
                                      conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta,

@@ -1,12 +1,15 @@
 """A1111's "Sampler parameters": sigma churn / tmin / tmax / noise for the samplers that take them (Euler; DPM++ SDE
-takes the noise), and the two ways of skipping the negative prompt's UNet pass: "Negative Guidance minimum sigma"
-(NGMS, late steps) and "Ignore negative prompt during early steps" (Skip Early CFG)."""
+takes the noise), the two ways of skipping the negative prompt's UNet pass: "Negative Guidance minimum sigma"
+(NGMS, late steps) and "Ignore negative prompt during early steps" (Skip Early CFG), and the start noise of
+img2img and hires passes: the noise multiplier, extra noise and the SGM noise multiplier."""
 from __future__ import annotations
 
 import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 _SIGMA_KEYS = (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0), ("s_tmax", "Sigma tmax", math.inf),
                ("s_noise", "Sigma noise", 1.0))
@@ -21,6 +24,9 @@ class SamplerParams:
     s_min_uncond: float = 0.0     # NGMS: below this sigma the negative prompt is skipped (every other step)
     s_min_uncond_all: bool = False
     skip_early_cond: float = 0.0  # the fraction of the first steps that skip the negative prompt
+    noise_multiplier: float = 1.0  # img2img: the start noise times this ("Noise multiplier")
+    extra_noise: float = 0.0      # img2img and hires passes: the same noise added once more, times this
+    sgm_noise: bool = False       # the start noise scaled by sqrt(1 + sigma^2) rather than sigma
 
     @classmethod
     def of(cls, req, opts: dict) -> SamplerParams:
@@ -30,9 +36,12 @@ class SamplerParams:
             value = getattr(req, name, None)
             return float(opts.get(name, default) if value is None else value)
         tmax = pick("s_tmax", 0.0)
+        # only img2img requests carry initial_noise_multiplier (A1111's field): txt2img starts from noise alone
+        multiplier = pick("initial_noise_multiplier", 1.0) if hasattr(req, "initial_noise_multiplier") else 1.0
         return cls(pick("s_churn", 0.0), pick("s_tmin", 0.0), math.inf if tmax == 0 else tmax,
                    pick("s_noise", 1.0), pick("s_min_uncond", 0.0), bool(opts.get("s_min_uncond_all", False)),
-                   float(opts.get("skip_early_cond", 0.0)))
+                   float(opts.get("skip_early_cond", 0.0)), multiplier, float(opts.get("img2img_extra_noise", 0.0)),
+                   bool(opts.get("sgm_noise_multiplier", False)))
 
     def _taken(self, scheduler) -> list[tuple[str, str, Any]]:
         accepted = set(inspect.signature(scheduler.step).parameters)
@@ -65,6 +74,42 @@ class SamplerParams:
                 p["NGMS all steps"] = True
         if "Skip Early CFG" in skipped:
             p["Skip Early CFG"] = self.skip_early_cond
+        return p
+
+
+    def start_noise_sigma(self, scheduler) -> float | None:
+        """What txt2img's noise is multiplied by when the SGM noise multiplier is on and the scheduler works in
+        sigma space (its latents are x + sigma * noise); None: the scheduler's own init_noise_sigma."""
+        if not self.sgm_noise or float(scheduler.init_noise_sigma) <= 1.0:
+            return None
+        return math.sqrt(1.0 + float(scheduler.sigmas[0]) ** 2)
+
+    def noised(self, scheduler, init: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+               img2img: bool) -> torch.Tensor:
+        """``init`` noised to timestep ``t`` with A1111's start-noise settings, worked out in k-diffusion's sigma
+        space (x + sigma * noise, then extra * noise) and brought back to the scheduler's own space, so that
+        alpha-based schedulers (DDIM, DPM++ 2M, ...) get A1111's timestep samplers' figures."""
+        multiplier = self.noise_multiplier if img2img else 1.0
+        if multiplier == 1.0 and not self.extra_noise and not self.sgm_noise:
+            return scheduler.add_noise(init, noise, t)
+        noise = noise * multiplier
+        one = torch.ones_like(init[:1])
+        cx = float(scheduler.add_noise(one, torch.zeros_like(one), t[:1]).flatten()[0])   # 1, or sqrt(alpha)
+        cn = float(scheduler.add_noise(torch.zeros_like(one), one, t[:1]).flatten()[0])   # sigma, or sqrt(1-alpha)
+        sigma = cn / cx
+        scale = math.sqrt(1.0 + sigma ** 2) if self.sgm_noise else sigma
+        return (init + noise * (scale + self.extra_noise)) * cx
+
+    def noise_infotext(self, img2img: bool, second_pass: bool) -> dict[str, Any]:
+        """A1111's keys for the start noise a job used: "Noise multiplier" (img2img), "Extra noise" (img2img or a
+        hires pass), "SGM noise multiplier"."""
+        p: dict[str, Any] = {}
+        if img2img and self.noise_multiplier != 1.0:
+            p["Noise multiplier"] = self.noise_multiplier
+        if (img2img or second_pass) and self.extra_noise > 0:
+            p["Extra noise"] = self.extra_noise
+        if self.sgm_noise:
+            p["SGM noise multiplier"] = True
         return p
 
 

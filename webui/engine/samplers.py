@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 
+import numpy as np
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -60,8 +62,9 @@ def effective_schedule(sampler: str, schedule: str) -> str:
     return sdef.default_schedule if sdef else "automatic"
 
 
-def make_scheduler(sampler: str, schedule: str, base_config: dict):
-    """A fresh scheduler for one job. Raises InvalidField when the pair is not supported."""
+def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | None = None, steps: int = 0):
+    """A fresh scheduler for one job (``opts``: the job's settings, for UniPC's order and variant; ``steps``: the
+    pass's steps). Raises InvalidField when the pair is not supported."""
     cls, extra = _CLASSES[sampler]
     schedule = effective_schedule(sampler, schedule)
     kwargs = dict(extra)
@@ -79,7 +82,74 @@ def make_scheduler(sampler: str, schedule: str, base_config: dict):
     config.update({k: v for k, v in kwargs.items() if k in accepted})
     if sampler == "DPM++ 3M SDE":
         config["final_sigmas_type"] = "zero"
-    return cls.from_config(config)
+    if sampler == "UniPC" and opts is not None:
+        # A1111's UniPC settings (order 3, variant bh1 by default); the order must stay below the steps. As
+        # A1111's UniPC, sampling ends at the model's smallest noise level, not at zero (where diffusers' bh1
+        # update divides by zero and draws NaN)
+        config["solver_order"] = max(1, min(int(opts.get("uni_pc_order", 3)), steps - 1))
+        config["solver_type"] = str(opts.get("uni_pc_variant", "bh1"))
+        config["final_sigmas_type"] = "sigma_min"
+    # diffusers gives the keys listed in _use_default_values each class's own default, whatever the config says:
+    # the keys set here must leave that list, or a Karras schedule, say, is silently dropped
+    ours = {k for k in config if config.get(k) != base_config.get(k) or k in kwargs}
+    if "_use_default_values" in config:
+        config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in ours]
+    scheduler = cls.from_config(config)
+    if opts is not None:
+        _apply_schedule_overrides(scheduler, schedule_overrides(scheduler, sampler, schedule, opts))
+    return scheduler
+
+
+# The noise schedule of every SD1.x / SD2.x / SDXL model (to check settings before a model is loaded).
+SD_NOISE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+# A1111's "Schedule min sigma" / "Schedule max sigma" / "Schedule rho" settings: (setting, infotext key)
+_SCHEDULE_SETTINGS = (("sigma_min", "Schedule min sigma"), ("sigma_max", "Schedule max sigma"),
+                      ("rho", "Schedule rho"))
+_KARRAS_RHO = 7.0
+
+
+def schedule_overrides(scheduler, sampler: str, schedule: str, opts: dict) -> dict[str, float]:
+    """The schedule settings that apply to this job, by infotext key, as A1111's: min and max sigma (0 = the
+    model's) for the Karras, Exponential and Beta schedules, rho (0 = 7) for Karras; a value equal to the
+    default is not an override."""
+    schedule = effective_schedule(sampler, schedule)
+    if schedule not in ("karras", "exponential", "beta"):
+        return {}
+    ac = scheduler.alphas_cumprod
+    model = {"sigma_min": math.sqrt((1 - float(ac[0])) / float(ac[0])),
+             "sigma_max": math.sqrt((1 - float(ac[-1])) / float(ac[-1])), "rho": _KARRAS_RHO}
+    out: dict[str, float] = {}
+    for key, label in _SCHEDULE_SETTINGS:
+        value = float(opts.get(key, 0.0) or 0.0)
+        if value and abs(value - model[key]) > 1e-6 and (key != "rho" or schedule == "karras"):
+            out[label] = value
+    low = out.get("Schedule min sigma", model["sigma_min"])
+    high = out.get("Schedule max sigma", model["sigma_max"])
+    if out and not low < high:
+        raise InvalidField("override_settings", f"the schedule's min sigma ({low:g}) must be below its max sigma "
+                                                f"({high:g})")
+    return out
+
+
+def _apply_schedule_overrides(scheduler, overrides: dict[str, float]) -> None:
+    # diffusers' Karras / exponential / beta conversions read sigma_min and sigma_max from the config when it
+    # holds them; its Karras rho is fixed at 7, so this scheduler's conversion is replaced by one with the rho
+    if "Schedule min sigma" in overrides:
+        scheduler.register_to_config(sigma_min=overrides["Schedule min sigma"])
+    if "Schedule max sigma" in overrides:
+        scheduler.register_to_config(sigma_max=overrides["Schedule max sigma"])
+    if "Schedule rho" in overrides:
+        rho = overrides["Schedule rho"]
+
+        def karras(in_sigmas, num_inference_steps):
+            low = getattr(scheduler.config, "sigma_min", None)
+            high = getattr(scheduler.config, "sigma_max", None)
+            low = float(in_sigmas[-1]) if low is None else low
+            high = float(in_sigmas[0]) if high is None else high
+            ramp = np.linspace(0, 1, num_inference_steps)
+            return (high ** (1 / rho) + ramp * (low ** (1 / rho) - high ** (1 / rho))) ** rho
+        scheduler._convert_to_karras = karras
 
 
 def supports(sampler: str, schedule: str) -> bool:

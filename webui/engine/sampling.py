@@ -11,7 +11,7 @@ import torch
 
 from webui.engine.conditioning import Cond
 from webui.engine.events import CFGDenoiserParams
-from webui.engine.sampler_params import sigma_at
+from webui.engine.sampler_params import SamplerParams, sigma_at
 
 
 class StopSampling(Exception):
@@ -237,11 +237,17 @@ def partial_timesteps(scheduler, steps: int, strength: float, device) -> torch.T
     return scheduler.timesteps[start:]
 
 
-def noised_start(scheduler, init_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """Init latents noised to the first timestep of the partial schedule (unchanged when nothing runs)."""
+def noised_start(scheduler, init_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                 params: SamplerParams | None = None, img2img: bool = False) -> torch.Tensor:
+    """Init latents noised to the first timestep of the partial schedule (unchanged when nothing runs), with the
+    job's start-noise settings (``params``: noise multiplier for img2img, extra noise, SGM noise multiplier)."""
     if len(timesteps) == 0:
         return init_latents
-    return scheduler.add_noise(init_latents, noise.to(init_latents.dtype), timesteps[:1].repeat(len(init_latents)))
+    t = timesteps[:1].repeat(len(init_latents))
+    noise = noise.to(init_latents.dtype)
+    if params is None:
+        return scheduler.add_noise(init_latents, noise, t)
+    return params.noised(scheduler, init_latents, noise, t, img2img)
 
 
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {

@@ -9,9 +9,8 @@ An axis type is its label ("CFG Scale", case-insensitive) or its index in this t
 list in A1111's order (so an API client's indices mean the same axes). Every value of every axis, and every
 cell, is checked before the first image is made; the number of cells is capped by the setting xyz_max_cells.
 Cells run in A1111's order (X fastest, Z slowest, an axis dearer than the others outermost). A1111's axes with no
-counterpart in this studio's sampler (the schedule-sigma axes, Image CFG Scale, Initial/Extra noise,
-UniPC order, Face restore, Token merging, FP8 ...) are listed to keep the indices and refused with a
-message.
+counterpart in this studio's sampler (Image CFG Scale, Face restore, Token merging, discarding the
+next-to-last sigma, FP8) are listed to keep the indices and refused with a message.
 """
 from __future__ import annotations
 
@@ -46,6 +45,16 @@ def _override(key: str) -> Callable:
     def apply(p: StableDiffusionProcessing, value: Any, values: list) -> None:
         p.override_settings[key] = value
     return apply
+
+
+def _override_bool(key: str) -> Callable:
+    def apply(p: StableDiffusionProcessing, value: Any, values: list) -> None:
+        p.override_settings[key] = str(value).strip().lower() == "true"
+    return apply
+
+
+def _booleans(engine) -> list[str]:
+    return ["False", "True"]
 
 
 def _prompt_sr(p: StableDiffusionProcessing, value: str, values: list) -> None:
@@ -171,24 +180,24 @@ AXES: tuple[Axis, ...] = (
     Axis("Sigma max", "float", _override("s_tmax")),
     Axis("Sigma noise", "float", _override("s_noise")),
     Axis("Schedule type", "str", _field("scheduler"), choices=_schedules),
-    _unsupported("Schedule min sigma"),
-    _unsupported("Schedule max sigma"),
-    _unsupported("Schedule rho"),
+    Axis("Schedule min sigma", "float", _override("sigma_min")),
+    Axis("Schedule max sigma", "float", _override("sigma_max")),
+    Axis("Schedule rho", "float", _override("rho")),
     Axis("Eta", "float", _field("eta")),
     Axis("Clip skip", "int", _override("CLIP_stop_at_last_layers")),
     Axis("Denoising", "float", _field("denoising_strength")),
-    _unsupported("Initial noise multiplier"),
-    _unsupported("Extra noise"),
+    Axis("Initial noise multiplier", "float", _field("initial_noise_multiplier")),
+    Axis("Extra noise", "float", _override("img2img_extra_noise")),
     Axis("Hires upscaler", "str", _field("hr_upscaler"), choices=_hires_upscalers, tab="txt2img"),
     Axis("Cond. Image Mask Weight", "float", _override("inpainting_mask_weight"), tab="img2img"),
     Axis("VAE", "str", _override("sd_vae"), cost=0.7, choices=_vaes),
     Axis("Styles", "str", _styles, show="value", choices=_style_names),
-    _unsupported("UniPC Order", kind="int"),
+    Axis("UniPC Order", "int", _override("uni_pc_order"), cost=0.5),
     _unsupported("Face restore", kind="str"),
     _unsupported("Token merging ratio"),
     _unsupported("Token merging ratio high-res"),
     _unsupported("Always discard next-to-last sigma", kind="str"),
-    _unsupported("SGM noise multiplier", kind="str"),
+    Axis("SGM noise multiplier", "str", _override_bool("sgm_noise_multiplier"), choices=_booleans),
     Axis("Refiner checkpoint", "str", _field("refiner_checkpoint"), show="path", cost=1.0,
          choices=lambda engine: ["None", *_checkpoints(engine)]),
     Axis("Refiner switch at", "float", _field("refiner_switch_at")),

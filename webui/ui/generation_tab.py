@@ -278,7 +278,9 @@ class GenerationTab:
             return [*values, *cn, ""]
 
         paste.click(read_prompt, prompt, [*paste_fields.values(), *cn_outputs, error], queue=False)
-        clear.click(lambda: ("", ""), None, [prompt, negative], queue=False)   # A1111's 🗑️: both prompt boxes
+        # A1111's 🗑️: both prompt boxes, once the user confirms
+        clear.click(None, [prompt, negative], [prompt, negative], queue=False,
+                    js="(p, n) => confirm('Delete prompt?') ? ['', ''] : [p, n]")
         random_seed.click(lambda: -1, None, seed, queue=False)
         random_subseed.click(lambda: -1, None, subseed, queue=False)
         subseed_show.change(lambda v: gr.Group(visible=bool(v)), subseed_show, seed_extras, queue=False)

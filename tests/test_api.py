@@ -153,8 +153,11 @@ def test_listings(server):
     samplers = httpx.get(server + "/sdapi/v1/samplers").json()
     names = [s["name"] for s in samplers]
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LMS", "Heun"} <= set(names)
-    labels = [s["label"] for s in httpx.get(server + "/sdapi/v1/schedulers").json()]
-    assert labels[:3] == ["Automatic", "Uniform", "Karras"]
+    schedules = httpx.get(server + "/sdapi/v1/schedulers").json()
+    assert [s["label"] for s in schedules][:3] == ["Automatic", "Uniform", "Karras"]
+    assert [s["default_rho"] for s in schedules][:3] == [-1, -1, 7.0]
+    for empty in ("hypernetworks", "face-restorers"):   # A1111 clients ask; the studio has none
+        assert httpx.get(server + f"/sdapi/v1/{empty}").json() == []
     flags = httpx.get(server + "/sdapi/v1/cmd-flags").json()
     assert flags["port"] and "data_dir" in flags
     mem = httpx.get(server + "/sdapi/v1/memory").json()

@@ -273,6 +273,9 @@ def test_api_upscalers_and_extras(server, nets, data_dir):
     assert [u["name"] for u in listed[:3]] == ["None", "Lanczos", "Nearest"]
     assert by_name["4x-tiny-new"]["scale"] == 4 and by_name["4x-tiny-new"]["model_path"].endswith("4x-tiny-new.pth")
     assert by_name["RealESRGAN_x2plus-tiny"]["model_name"] == "RealESRGAN"
+    realesrgan = httpx.get(server + "/sdapi/v1/realesrgan-models", timeout=60).json()
+    assert [(m["name"], m["scale"]) for m in realesrgan] == [("RealESRGAN_x2plus-tiny", 2)]
+    assert realesrgan[0]["path"].endswith(".pth")
 
     src = picture()
     body = {"image": "data:image/png;base64," + b64(src), "upscaling_resize": 2, "upscaler_1": "2x-tiny-old"}

@@ -257,8 +257,9 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
 
     @r.get("/schedulers")
     def schedulers():
-        return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for name, label in core_samplers.SCHEDULES]
+        # as A1111's: the setting rho (Schedule rho) applies where default_rho is not -1
+        return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
+                 "need_inner_model": False} for name, label in core_samplers.SCHEDULES]
 
     @r.get("/latent-upscale-modes")
     def latent_upscale_modes():
@@ -270,6 +271,21 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
         builtin = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                    for n in ("None", "Lanczos", "Nearest")]
         return builtin + [f.api_item() for f in models.upscalers]
+
+    @r.get("/realesrgan-models")
+    def realesrgan_models():
+        models.refresh_upscalers()
+        return [{"name": f.name, "path": str(f.path), "scale": f.scale} for f in models.upscalers
+                if f.folder == "RealESRGAN"]
+
+    # A1111 clients list these at start-up: the studio has no hypernetworks or face restorers, so the lists are empty
+    @r.get("/hypernetworks")
+    def hypernetworks():
+        return []
+
+    @r.get("/face-restorers")
+    def face_restorers():
+        return []
 
     @r.post("/extra-single-image")
     def extra_single_image(body: ExtrasSingleImageApiRequest):

@@ -15,9 +15,11 @@ from pydantic import BaseModel
 
 from webui.api.controlnet_api import build_controlnet_router
 from webui.api.models import (
+    CreateEmbeddingApiRequest,
     ExtrasBatchImagesApiRequest,
     ExtrasSingleImageApiRequest,
     Img2ImgApiRequest,
+    TrainEmbeddingApiRequest,
     Txt2ImgRequest,
     to_request,
 )
@@ -26,6 +28,7 @@ from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, StudioError
 from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import Img2ImgRequest, fields_from_infotext
+from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 from webui.engine import extras as extras_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
@@ -335,6 +338,17 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     def refresh_embeddings():
         models.refresh_embeddings()
         return None
+
+    @r.post("/create/embedding")
+    def create_embedding(body: CreateEmbeddingApiRequest):
+        path = engine.create_embedding(to_request(body, CreateEmbeddingRequest))
+        return {"info": f"create embedding filename: {path}"}
+
+    @r.post("/train/embedding")
+    def train_embedding(body: TrainEmbeddingApiRequest):
+        # as A1111's: the call returns when training has ended (POST /interrupt stops it, keeping what was learnt)
+        result = engine.submit_train_embedding(to_request(body, TrainEmbeddingRequest)).wait()
+        return {"info": f"{result.info()} error: None"}
 
     @r.get("/prompt-styles")
     def prompt_styles():

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, create_model
 
 from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import GenerationRequest, Img2ImgRequest
+from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 
 
 def _fields_of(cls) -> dict:
@@ -36,6 +37,14 @@ ExtrasSingleImageApiRequest = create_model("ExtrasSingleImageRequest", __config_
 
 ExtrasBatchImagesApiRequest = create_model("ExtrasBatchImagesRequest", __config__=ConfigDict(extra="ignore"),
                                           **_fields_of(ExtrasBatchImages))
+
+
+CreateEmbeddingApiRequest = create_model("CreateEmbeddingRequest", __config__=ConfigDict(extra="ignore"),
+                                        **_fields_of(CreateEmbeddingRequest))
+
+
+TrainEmbeddingApiRequest = create_model("TrainEmbeddingRequest", __config__=ConfigDict(extra="ignore"),
+                                       **_fields_of(TrainEmbeddingRequest))
 
 
 def to_request(body, cls=GenerationRequest):

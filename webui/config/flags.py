@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ckpt-dir", default=None, help="extra folder of checkpoints")
     a("--lora-dir", default=None)
     a("--embeddings-dir", default=None)
+    a("--textual-inversion-templates-dir", default=None)
     a("--vae-dir", default=None)
     a("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     a("--precision", choices=["full", "half", "autocast"], default="autocast",

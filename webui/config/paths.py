@@ -19,6 +19,7 @@ class Paths:
     esrgan: Path
     extensions: Path
     outputs: Path
+    ti_templates: Path = REPO_ROOT / "textual_inversion_templates"   # the Train tab's prompt templates
 
     @property
     def config_file(self) -> Path:
@@ -63,4 +64,5 @@ class Paths:
             esrgan=models / "ESRGAN",
             extensions=data / "extensions",
             outputs=data / "outputs",
+            ti_templates=pick("textual_inversion_templates_dir", REPO_ROOT / "textual_inversion_templates"),
         )

@@ -28,9 +28,11 @@ from webui.core.request import (
     validate,
 )
 from webui.core.styles import StyleDatabase
+from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 from webui.engine import batch, conditioning, noise, refiner, sampling, saving, seamless
 from webui.engine import controlnet as cn_engine
 from webui.engine import samplers as engine_samplers
+from webui.engine import train_embedding as train_emb
 from webui.engine.events import EngineEvents, ImageSaveParams
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
@@ -123,6 +125,31 @@ class Engine:
         init = self.init_images(req, images, mask, opts)
         return self.jobs.submit(lambda job: self._txt2img(job, req, opts, sampler, schedule, save, None, init),
                                 "img2img")
+
+    # -- the Train tab: textual-inversion embeddings, on the worker like every job ------------------------------
+    def create_embedding(self, req: CreateEmbeddingRequest) -> Path:
+        """A new embedding for the current checkpoint's text encoder (embeddings/NAME.pt), usable at once."""
+        def run(job: Job) -> Path:
+            model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
+            path = train_emb.create_embedding(model, self.paths.embeddings, req.name, req.num_vectors_per_token,
+                                              req.init_text, req.overwrite_old)
+            self.models.refresh_embeddings()
+            return path
+        return self.jobs.submit(run, "create-embedding").wait()
+
+    def submit_train_embedding(self, req: TrainEmbeddingRequest) -> Job:
+        """Validate now (InvalidField before queueing), then train on the worker; the job's result is a
+        TrainResult and the embedding is usable when it ends."""
+        train_emb.check_train_request(req, self.paths.embeddings, self.paths.ti_templates)
+
+        def run(job: Job) -> train_emb.TrainResult:
+            model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
+            try:
+                return train_emb.train_embedding(job, model, req, self.paths.embeddings,
+                                                 self.paths.data / req.log_directory, self.paths.ti_templates)
+            finally:
+                self.models.refresh_embeddings()
+        return self.jobs.submit(run, "train-embedding")
 
     def init_images(self, req: Img2ImgRequest, images: list, mask, opts: dict) -> InitImages:
         """The checked init images and mask of an img2img request (InvalidField before any work)."""

@@ -9,7 +9,7 @@ from webui.core.errors import StudioError
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
 from webui.extensions.runtime import ExtensionRuntime
-from webui.ui import controlnet_ui, extensions_tab, extra_networks, merger_tab, pnginfo_tab, settings_tab
+from webui.ui import controlnet_ui, extensions_tab, extra_networks, merger_tab, pnginfo_tab, settings_tab, train_tab
 from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to, wire_send_to_extras
 
@@ -97,6 +97,8 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                                   extras_image=extras.image)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):
                 merger_tab.build(engine, ckpt)
+            with gr.Tab("Train", id="tab_train", elem_id="tab_train"):
+                train_tab.build(engine)
             for tab in ext_tabs:
                 with gr.Tab(tab.title, id=tab.elem_id, elem_id=f"tab_{tab.elem_id}"):
                     extensions.render_tab(tab)

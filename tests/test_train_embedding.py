@@ -72,7 +72,7 @@ def draw(engine, word: str, seed: int = 3) -> sc.Analysis:
 def train_req(engine, name: str, **kw) -> TrainEmbeddingRequest:
     base = dict(embedding_name=name, learn_rate="0.005", batch_size=4, data_root=str(engine.dataset),
                 training_width=128, training_height=128, steps=100, template_filename="colour.txt",
-                save_embedding_every=50)
+                save_embedding_every=50, create_image_every=0)
     return TrainEmbeddingRequest(**{**base, **kw})
 
 
@@ -101,7 +101,7 @@ def test_create_writes_a1111s_file_from_the_words_and_refuses_to_overwrite(engin
 def test_training_on_green_pictures_turns_red_into_green(engine):
     engine.create_embedding(CreateEmbeddingRequest("mycolour", 1, False, "red"))
     before = [draw(engine, "mycolour", seed) for seed in (3, 4)]
-    res = engine.submit_train_embedding(train_req(engine, "mycolour")).wait()
+    res = engine.submit_train_embedding(train_req(engine, "mycolour", create_image_every=50)).wait()
     after = [draw(engine, "mycolour", seed) for seed in (3, 4)]
     print(f"\n[train embedding] 100 steps: loss {res.loss:.4f}; colours before {[a.colour for a in before]}, "
           f"after {[a.colour for a in after]}")
@@ -114,6 +114,10 @@ def test_training_on_green_pictures_turns_red_into_green(engine):
     assert all(p.exists() and engine.paths.data / "textual_inversion" in p.parents for p in res.saved)
     loaded, _ = engine.models.embeddings()
     assert loaded["mycolour"].step == 100
+    assert [p.name for p in res.images] == ["mycolour-50.png", "mycolour-100.png"]
+    last = Image.open(res.images[-1])
+    assert "mycolour" in last.info["parameters"] and sc.analyse(np.asarray(last.convert("RGB"))).colour == "green", \
+        "the preview draws with the vectors trained so far"
 
 
 def test_interrupt_keeps_what_was_learnt_and_bad_input_is_refused(engine):
@@ -168,7 +172,7 @@ def test_api_create_and_train(studio):
     assert again.status_code == 422 and "already exists" in again.text
     body = {"embedding_name": "apicolour", "learn_rate": "0.005", "batch_size": 4, "data_root": str(data),
             "training_width": 128, "training_height": 128, "steps": 100, "template_filename": "colour.txt",
-            "save_embedding_every": 0}
+            "save_embedding_every": 0, "create_image_every": 0}
     r = httpx.post(url + "/sdapi/v1/train/embedding", json=body, timeout=600)
     assert r.status_code == 200 and "train embedding complete" in r.json()["info"], r.text
     assert api_colour(url, "apicolour") == "green"
@@ -202,7 +206,7 @@ def test_train_tab_in_the_browser(studio):
         page.click("#train_template_file input")
         page.get_by_role("option", name="colour.txt").click()
         for eid, value in (("train_training_width", 128), ("train_training_height", 128), ("train_steps", 10),
-                           ("train_batch_size", 2)):
+                           ("train_batch_size", 2), ("train_create_image_every", 5)):
             box = page.locator(f"#{eid} input[type=number]").first
             box.fill(str(value))
             box.press("Enter")
@@ -212,3 +216,4 @@ def test_train_tab_in_the_browser(studio):
         assert "steps: 10" in page.locator("#train_result").inner_text()
         browser.close()
     assert torch.load(d / "embeddings" / "uicolour.pt", weights_only=True)["step"] == 10
+    assert sorted(p.name for p in (d / "textual_inversion").rglob("*.png")) == ["uicolour-10.png", "uicolour-5.png"]

@@ -31,7 +31,7 @@ class TrainEmbeddingRequest:
     tag_drop_out: float = 0.0
     latent_sampling_method: str = "once"
     use_weight: bool = False
-    create_image_every: int = 0
+    create_image_every: int = 500
     save_embedding_every: int = 500
     template_filename: str = "subject_filewords.txt"
     seed: int = 0

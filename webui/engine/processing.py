@@ -142,11 +142,20 @@ class Engine:
         TrainResult and the embedding is usable when it ends."""
         train_emb.check_train_request(req, self.paths.embeddings, self.paths.ti_templates)
 
+        def preview(job: Job, prompt: str):
+            self.models.refresh_embeddings()
+            res = self.run_in_job(job, GenerationRequest(
+                prompt=prompt, steps=20, width=req.training_width, height=req.training_height, cfg_scale=7.0,
+                sampler_name="Euler a", seed=req.seed, override_settings={"live_previews_enable": False}),
+                save=False)
+            return res.images[0], res.infotexts[0]
+
         def run(job: Job) -> train_emb.TrainResult:
             model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
             try:
                 return train_emb.train_embedding(job, model, req, self.paths.embeddings,
-                                                 self.paths.data / req.log_directory, self.paths.ti_templates)
+                                                 self.paths.data / req.log_directory, self.paths.ti_templates,
+                                                 lambda prompt: preview(job, prompt))
             finally:
                 self.models.refresh_embeddings()
         return self.jobs.submit(run, "train-embedding")

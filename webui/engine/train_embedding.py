@@ -6,8 +6,9 @@ until that step, the last one to the end), batch size and gradient accumulation,
 [filewords] from a caption file beside each image (or its file name), tag shuffling and drop-out, latents sampled
 once, deterministically (the mean) or afresh each step, the alpha channel as a loss weight, and a copy of the
 embedding saved every N steps in the log directory. The finished embedding is written to the embeddings folder as
-an A1111 ``.pt`` (``string_to_param``, ``step``, ``sd_checkpoint``) and is usable at once. Preview images during
-training are not made.
+an A1111 ``.pt`` (``string_to_param``, ``step``, ``sd_checkpoint``) and is usable at once. Every
+``create_image_every`` steps the embedding is saved and a preview is drawn with the batch's prompt into the log
+directory's images/.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import os
 import random
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ class TrainResult:
     loss: float
     interrupted: bool
     saved: list[Path]
+    images: list[Path] = field(default_factory=list)
 
     def info(self) -> str:
         return f"train embedding complete: filename: {self.path} steps: {self.steps} loss: {self.loss:.5f}" + \
@@ -94,6 +97,22 @@ def _save_pt(path: Path, name: str, vectors: torch.Tensor, step: int, model: Loa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save_png(path: Path, image, infotext: str) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    info.add_text("parameters", infotext)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _one_encoder(model: LoadedModel):
@@ -226,10 +245,12 @@ def check_train_request(req: TrainEmbeddingRequest, embeddings_folder: Path, tem
 
 
 def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddings_folder: Path,
-                    log_root: Path, templates: Path) -> TrainResult:
+                    log_root: Path, templates: Path,
+                    preview: Callable[[str], tuple[object, str]] | None = None) -> TrainResult:
     """Train the embedding's vectors (the model frozen) for ``req.steps`` optimizer steps, or until the rate
     schedule ends or the job is interrupted; then save it over its file (and copies every save_embedding_every
-    steps in ``log_root/<date>/<name>/embeddings``)."""
+    steps in ``log_root/<date>/<name>/embeddings``). ``preview(prompt)`` draws (image, infotext) with the
+    embedding as saved: every create_image_every steps, into ``log_root/<date>/<name>/images``."""
     import datetime
 
     from diffusers import DDPMScheduler
@@ -256,8 +277,10 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
     rng, gen = random.Random(req.seed), torch.Generator().manual_seed(req.seed)
     once = [s.latents_mean + s.latents_std * torch.randn(s.latents_mean.shape, generator=gen) for s in samples]
     step0 = found.step or 0
-    log_dir = Path(log_root) / datetime.date.today().isoformat() / req.embedding_name / "embeddings"
+    run_dir = Path(log_root) / datetime.date.today().isoformat() / req.embedding_name
+    log_dir = run_dir / "embeddings"
     saved: list[Path] = []
+    images: list[Path] = []
     job.progress.sampling_steps, job.progress.job_count = req.steps, 1
     order: list[int] = []
     loss_value, done, interrupted = 0.0, 0, False
@@ -316,7 +339,15 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
                 copy = log_dir / f"{req.embedding_name}-{step0 + step}.pt"
                 _save_pt(copy, req.embedding_name, vectors, step0 + step, model)
                 saved.append(copy)
+            if preview is not None and req.create_image_every > 0 and step % req.create_image_every == 0:
+                _save_pt(path, req.embedding_name, vectors, step0 + step, model)   # what the preview reads
+                with torch.no_grad():
+                    image, text = preview(prompts[0])
+                images.append(_save_png(run_dir / "images" / f"{req.embedding_name}-{step0 + step}.png", image,
+                                        text))
+                job.progress.sampling_steps, job.progress.sampling_step = req.steps, step
+                job.progress.job_count, job.progress.job_no = 1, 0
     if not done:
         raise StudioError("training stopped before its first step (interrupted)")
     _save_pt(path, req.embedding_name, vectors, step0 + done, model)
-    return TrainResult(path, done, loss_value, interrupted, saved)
+    return TrainResult(path, done, loss_value, interrupted, saved, images)

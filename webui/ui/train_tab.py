@@ -49,8 +49,11 @@ def build(engine: Engine) -> None:
             height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="train_training_height")
         varsize = gr.Checkbox(False, label="Do not resize images", elem_id="train_varsize")
         steps = gr.Number(label="Max steps", value=100000, precision=0, elem_id="train_steps")
-        save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
-                               value=500, precision=0, elem_id="train_save_embedding_every")
+        with gr.Row():
+            image_every = gr.Number(label="Save an image to log directory every N steps, 0 to disable", value=500,
+                                    precision=0, elem_id="train_create_image_every")
+            save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
+                                   value=500, precision=0, elem_id="train_save_embedding_every")
         with gr.Row():
             shuffle_tags = gr.Checkbox(False, label="Shuffle tags by ',' when creating prompts",
                                        elem_id="train_shuffle_tags")
@@ -76,8 +79,8 @@ def build(engine: Engine) -> None:
             return error_html(e), gr.update()
         return info_html(f"Created: {path}"), gr.Dropdown(choices=_embedding_names(engine), value=path.stem)
 
-    def do_train(name_, rate, batch, grad, root, log_dir, tpl, w, h, vs, n_steps, every, shuffle, drop, cmode,
-                 cvalue, method, weight):
+    def do_train(name_, rate, batch, grad, root, log_dir, tpl, w, h, vs, n_steps, image_n, every, shuffle, drop,
+                 cmode, cvalue, method, weight):
         try:
             job = engine.submit_train_embedding(TrainEmbeddingRequest(
                 embedding_name=name_ or "", learn_rate=str(rate), batch_size=int(batch or 1),
@@ -85,7 +88,8 @@ def build(engine: Engine) -> None:
                 training_width=int(w), training_height=int(h), varsize=bool(vs), steps=int(n_steps or 0),
                 clip_grad_mode=str(cmode), clip_grad_value=str(cvalue), shuffle_tags=bool(shuffle),
                 tag_drop_out=float(drop), latent_sampling_method=str(method), use_weight=bool(weight),
-                save_embedding_every=int(every or 0), template_filename=str(tpl or "")))
+                create_image_every=int(image_n or 0), save_embedding_every=int(every or 0),
+                template_filename=str(tpl or "")))
         except StudioError as e:
             yield "", error_html(e)
             return
@@ -100,8 +104,8 @@ def build(engine: Engine) -> None:
 
     create.click(do_create, [name, init_text, vectors, overwrite], [created, embedding])
     refresh.click(lambda: gr.Dropdown(choices=_embedding_names(engine)), None, embedding)
-    go.click(do_train, [embedding, learn_rate, batch_size, gradient_step, data_root, log_directory, template, width,
-                        height, varsize, steps, save_every, shuffle_tags, tag_drop_out, clip_mode, clip_value,
-                        latent_method, use_weight], [progress, result], concurrency_limit=None,
-             show_progress="hidden")
+    inputs = [embedding, learn_rate, batch_size, gradient_step, data_root, log_directory, template, width, height,
+              varsize, steps, image_every, save_every, shuffle_tags, tag_drop_out, clip_mode, clip_value, latent_method,
+              use_weight]
+    go.click(do_train, inputs, [progress, result], concurrency_limit=None, show_progress="hidden")
     stop.click(lambda: engine.jobs.interrupt(), None, None, queue=False)

@@ -95,3 +95,31 @@ def test_live_preview_shows_the_clean_image_prediction(engine):
     found = sc.analyse(np.asarray(seen[0].convert("RGB")))
     print(f"\n[preview] after step 10 of 20: {found.colour} {found.shape} on {found.background}")
     assert (found.colour, found.background) == ("red", "blue")
+
+
+def test_out_of_memory_fails_that_job_only_with_advice(engine):
+    """A job that runs out of memory (here raised by an extension's on_cfg_denoiser at step 2, as torch raises it
+    from the UNet) fails with the studio's OutOfMemory (HTTP 503) saying what to lower; the next job runs."""
+    import torch
+
+    from webui.core.errors import OutOfMemory
+
+    def oom() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    listener = stop_at(engine, oom, 2)
+    try:
+        with pytest.raises(OutOfMemory) as e:
+            engine.txt2img(request(5), save=False)
+    finally:
+        engine.events.cfg_denoiser.remove(listener)
+    assert e.value.status_code == 503 and "Tried to allocate 20.00 GiB" in str(e.value)
+    assert "smaller width/height or batch size" in str(e.value)
+    cpu = stop_at(engine, lambda: (_ for _ in ()).throw(RuntimeError("DefaultCPUAllocator: can't allocate memory")),
+                  1)
+    try:
+        with pytest.raises(OutOfMemory):
+            engine.txt2img(request(5), save=False)
+    finally:
+        engine.events.cfg_denoiser.remove(cpu)
+    after = engine.txt2img(request(5), save=False)
+    assert sc.analyse(np.asarray(after.images[0])).colour == "red", "the worker serves the next job as usual"

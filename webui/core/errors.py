@@ -9,6 +9,8 @@ Status choices:
 - ``UnsafeCheckpoint`` 422: the named checkpoint is refused as content (a pickle that could run code);
   convert it to .safetensors or start with the flag that allows unsafe pickles.
 - ``Interrupted`` 409: the job was interrupted (by the user) before it produced a result.
+- ``OutOfMemory`` 503: the device (or RAM) ran out of memory for this job; the worker freed what it could and
+  serves the next job. The message says what to lower.
 """
 
 from __future__ import annotations
@@ -67,3 +69,9 @@ class Interrupted(StudioError):
     """The job was interrupted before it produced a result."""
 
     status_code = 409
+
+
+class OutOfMemory(StudioError):
+    """The job needed more memory than the device (or RAM) had; the next job runs as usual."""
+
+    status_code = 503

@@ -11,7 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from webui.core.errors import StudioError
+import torch
+
+from webui.core.errors import OutOfMemory, StudioError
+
+_OOM_ADVICE = ("try a smaller width/height or batch size, fewer ControlNet units, or start with --medvram / "
+               "--lowvram")
+
+
+def _out_of_memory(e: BaseException) -> OutOfMemory | None:
+    """The studio's error for an out-of-memory failure (CUDA's OutOfMemoryError, the CPU allocator's "can't
+    allocate memory", Python's MemoryError), else None."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(e, RuntimeError) and any(s in str(e) for s in ("can't allocate memory", "out of memory"))):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return OutOfMemory(f"out of memory: {first[:300]}; {_OOM_ADVICE}")
+    return None
 
 
 @dataclass
@@ -119,8 +134,12 @@ class JobQueue:
             except StudioError as e:
                 job.error, job.state = e, "failed"
             except Exception as e:  # noqa: BLE001 - a crash loses that job only; the worker keeps serving
-                traceback.print_exc()
-                job.error, job.state = e, "failed"
+                oom = _out_of_memory(e)
+                if oom is None:
+                    traceback.print_exc()
+                elif torch.cuda.is_available():
+                    torch.cuda.empty_cache()   # what the failed job held goes back before the next one
+                job.error, job.state = oom or e, "failed"
             finally:
                 with self._lock:
                     self.current = None

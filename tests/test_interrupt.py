@@ -123,3 +123,10 @@ def test_out_of_memory_fails_that_job_only_with_advice(engine):
         engine.events.cfg_denoiser.remove(cpu)
     after = engine.txt2img(request(5), save=False)
     assert sc.analyse(np.asarray(after.images[0])).colour == "red", "the worker serves the next job as usual"
+    bug = stop_at(engine, lambda: (_ for _ in ()).throw(ValueError("a bug in an extension")), 1)
+    try:
+        with pytest.raises(ValueError) as e:   # any other error is reported as itself, not as a bad prompt
+            engine.txt2img(request(5), save=False)
+    finally:
+        engine.events.cfg_denoiser.remove(bug)
+    assert getattr(e.value, "field", None) is None

@@ -308,8 +308,6 @@ class Engine:
                 others = OtherModels(self, stack, model, opts, networks, req)
                 res = self._txt2img_body(job, req, opts, sampler, schedule, save, hires, model, vae_info,
                                          networks, init, hooks or JobHooks(), others)
-        except ValueError as e:   # a LoRA file that does not fit this model
-            raise InvalidField("prompt", str(e)) from None
         finally:
             if others is not None:
                 others.close()

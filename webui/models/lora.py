@@ -30,7 +30,15 @@ from pathlib import Path
 
 import torch
 
+from webui.core.errors import InvalidField
 from webui.models.hashes import file_sha256
+
+
+class LoraMismatch(InvalidField, ValueError):
+    """A LoRA named in the prompt that cannot be applied to the loaded model: a 422 on the prompt."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("prompt", message)
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -293,18 +301,18 @@ def _read_lora(info: LoraInfo) -> dict[str, torch.Tensor]:
     try:
         return read_state_dict(info.path)
     except StudioError as e:
-        raise ValueError(f"LoRA {info.rel}: {e}") from None
+        raise LoraMismatch(f"LoRA {info.rel}: {e}") from None
 
 
 def _check_compatible(sd: dict[str, torch.Tensor], pipe, info: LoraInfo) -> None:
     """Refuse, with a message naming the file, LoRAs that cannot apply to this pipeline's model."""
     if not sd:
-        raise ValueError(f"LoRA {info.rel} holds no tensors")
+        raise LoraMismatch(f"LoRA {info.rel} holds no tensors")
     for marker, kind in _UNSUPPORTED_KEYS.items():
         if any(marker in k for k in sd):
-            raise ValueError(f"LoRA {info.rel} is a LyCORIS {kind} network; only LoRA / LoCon files are supported")
+            raise LoraMismatch(f"LoRA {info.rel} is a LyCORIS {kind} network; only LoRA / LoCon files are supported")
     if not any(("lora_down" in k or "lora_A" in k or "lora.down" in k or "lora_B" in k) for k in sd):
-        raise ValueError(f"LoRA {info.rel} is not a LoRA file (no lora_down / lora_A weights; "
+        raise LoraMismatch(f"LoRA {info.rel} is not a LoRA file (no lora_down / lora_A weights; "
                          f"first keys: {', '.join(list(sd)[:3])})")
     want = getattr(pipe.unet.config, "cross_attention_dim", None)
     for k, v in sd.items():
@@ -313,13 +321,13 @@ def _check_compatible(sd: dict[str, torch.Tensor], pipe, info: LoraInfo) -> None
             if want is not None and got != want:
                 theirs = _FAMILY_BY_CONTEXT.get(got, f"a model with cross-attention width {got}")
                 ours = _FAMILY_BY_CONTEXT.get(want, f"cross-attention width {want}")
-                raise ValueError(f"LoRA {info.rel} is for {theirs}; the loaded model is {ours} "
+                raise LoraMismatch(f"LoRA {info.rel} is for {theirs}; the loaded model is {ours} "
                                  f"(cross-attention width {want}), so it cannot be applied")
             break
     sdxl_file = any(k.startswith(("lora_te1_", "lora_te2_")) for k in sd)
     sdxl_model = getattr(pipe, "text_encoder_2", None) is not None
     if sdxl_file and not sdxl_model:
-        raise ValueError(f"LoRA {info.rel} is for SDXL (it has lora_te1_/lora_te2_ layers); the loaded model has "
+        raise LoraMismatch(f"LoRA {info.rel} is for SDXL (it has lora_te1_/lora_te2_ layers); the loaded model has "
                          "one text encoder, so it cannot be applied")
 
 
@@ -332,7 +340,7 @@ def _count_layers(module, adapter: str) -> int:
 
 def load_lora(pipe, info: LoraInfo, keep: int = 8) -> str:
     """Load ``info`` into ``pipe`` as a disabled adapter (once; later calls return the cached adapter) and
-    return its adapter name. Raises ValueError naming the file when it does not fit the model."""
+    return its adapter name. Raises LoraMismatch naming the file when it does not fit the model."""
     from diffusers.utils import USE_PEFT_BACKEND
 
     if not USE_PEFT_BACKEND:
@@ -357,17 +365,17 @@ def load_lora(pipe, info: LoraInfo, keep: int = 8) -> str:
                 _drop_partial(pipe, name)
                 first = str(e).strip().splitlines()
                 msg = next((ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else "")
-                raise ValueError(f"LoRA {info.rel} does not fit the loaded model: {type(e).__name__}: "
+                raise LoraMismatch(f"LoRA {info.rel} does not fit the loaded model: {type(e).__name__}: "
                                  f"{msg[:300]}") from None
             except Exception as e:  # noqa: BLE001 - peft raises its own types (e.g. no matching module)
                 _drop_partial(pipe, name)
-                raise ValueError(f"LoRA {info.rel} does not fit the loaded model: "
+                raise LoraMismatch(f"LoRA {info.rel} does not fit the loaded model: "
                                  f"{type(e).__name__}: {str(e)[:300]}") from None
         components = tuple(c for c in ("unet", *TEXT_ENCODERS) if _count_layers(getattr(pipe, c, None), name))
         layers = sum(_count_layers(getattr(pipe, c, None), name) for c in components)
         if not layers:
             _drop_partial(pipe, name)
-            raise ValueError(f"LoRA {info.rel}: none of its layers match the loaded model")
+            raise LoraMismatch(f"LoRA {info.rel}: none of its layers match the loaded model")
         _disable_all(pipe)
         state.adapters[key] = _Adapter(name, stamp, components, layers)
         while len(state.adapters) > max(1, keep):
@@ -409,7 +417,7 @@ def apply_loras(pipe, items: Sequence[tuple[LoraInfo, float, float]], keep: int 
     """Activate LoRAs for the duration of the block: ``items`` are (info, text-encoder weight, UNet weight),
     as ``<lora:name:te:unet>`` gives them (``<lora:name:w>`` is (info, w, w)). A LoRA listed twice keeps its
     last weights. Yields the adapter names. On exit every adapter is disabled, so the next job without LoRA
-    tags runs the original layers only. Raises ValueError naming the file for LoRAs that do not fit."""
+    tags runs the original layers only. Raises LoraMismatch naming the file for LoRAs that do not fit."""
     merged: OrderedDict[str, tuple[LoraInfo, float, float]] = OrderedDict()
     for info, te_w, unet_w in items:
         merged.pop(str(info.path), None)

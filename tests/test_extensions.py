@@ -222,7 +222,7 @@ def test_browser_tab_setting_page_assets_install_and_disable(studio, tmp_path):
     repo = local_repo(tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})   # 14 tabs with the two test extensions' own
         page.set_default_timeout(60_000)
         page.goto(url)
         page.wait_for_selector("#txt2img_prompt textarea")

@@ -212,3 +212,44 @@ def test_resize_modes_give_the_size_and_the_geometry(engine):
     assert filled.area < cropped.area * 0.75, "fill shrinks the whole picture to fit"
     tall = run(engine, wide, resize_mode=2, denoising_strength=0.0, width=128, height=192)
     assert tall.size == (128, 192)
+
+
+def test_txt2img_firstpass_image_stands_in_for_the_first_pass(engine):
+    """A1111's firstpass_image (txt2img API): hires fix starts from the given picture, resized to width x height;
+    the first pass is not sampled, and the result keeps that picture's colour, place and background where the
+    prompt names others. Through a latent and an image upscaler; a bad image is a 422 before any work."""
+    import base64
+    import io
+
+    from webui.core.errors import InvalidField
+    from webui.core.request import GenerationRequest
+    given = scene("square", "green", "left", "yellow").resize((96, 96))   # another size: it is resized
+    buf = io.BytesIO()
+    given.save(buf, "PNG")
+    passes = []
+
+    def listener(params) -> None:
+        if params.sampling_step == 0:
+            passes.append(params.total_sampling_steps)
+    base = dict(prompt="a large red circle on the right, blue background", steps=10, width=64, height=64,
+                cfg_scale=7, sampler_name="Euler a", seed=1, enable_hr=True, hr_scale=2, denoising_strength=0.35,
+                override_settings={"sd_model_checkpoint": MODEL.name, "live_previews_enable": False})
+    engine.events.cfg_denoiser.append(listener)
+    try:
+        for upscaler in ("Latent", "Lanczos"):
+            passes.clear()
+            res = engine.txt2img(GenerationRequest(**base, hr_upscaler=upscaler,
+                                                   firstpass_image=base64.b64encode(buf.getvalue()).decode()),
+                                 save=False)
+            found = sc.analyse(np.asarray(res.images[0].convert("RGB")))
+            assert res.images[0].size == (128, 128)
+            assert (found.colour, found.position, found.background) == ("green", "left", "yellow"), upscaler
+            assert len(passes) == 1, "only the hires pass was sampled"
+        passes.clear()
+        engine.txt2img(GenerationRequest(**base, hr_upscaler="Latent"), save=False)
+        assert len(passes) == 2, "without the image both passes are sampled"
+    finally:
+        engine.events.cfg_denoiser.remove(listener)
+    with pytest.raises(InvalidField) as e:
+        engine.submit_txt2img(GenerationRequest(**base, firstpass_image="not an image"))
+    assert e.value.field == "firstpass_image"

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 import time
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel
 
 from webui.api.controlnet_api import build_controlnet_router
@@ -32,6 +30,7 @@ from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 from webui.engine import extras as extras_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
+from webui.engine.images import decode_image
 from webui.engine.processing import Engine, result_json
 from webui.extensions.runner import ScriptRunner
 from webui.models.lora import relink_loras
@@ -39,30 +38,6 @@ from webui.models.lora import relink_loras
 
 class PngInfoRequest(BaseModel):
     image: str = ""
-
-
-def decode_image(data: str, field: str = "image", max_side: int | None = None) -> Image.Image:
-    """A PIL image from base64 PNG, JPEG or WebP (a data-URL prefix is accepted); InvalidField when it is not
-    one, or when a side is larger than max_side (checked from the header, before the pixels are decoded)."""
-    if not isinstance(data, str) or not data.strip():
-        raise InvalidField(field, "no image given (base64 PNG, JPEG or WebP expected)")
-    if data.startswith("data:") and "," in data:
-        data = data.split(",", 1)[1]
-    try:
-        raw = base64.b64decode(data.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidField(field, "not valid base64") from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if max_side is not None and max(image.size) > max_side:
-            raise InvalidField(field, f"the image is {image.width}x{image.height}, larger than {max_side} px "
-                                      f"on a side (twice the setting max_image_side)")
-        image.load()
-    except Image.DecompressionBombError:
-        raise InvalidField(field, "the image has too many pixels to be decoded safely") from None
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        raise InvalidField(field, "base64 decoded, but it is not an image (PNG, JPEG or WebP expected)") from None
-    return image
 
 
 def encode_png(image: Image.Image, text: str | None) -> str:

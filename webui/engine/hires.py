@@ -30,6 +30,8 @@ class HiresPlan:
     checkpoint: str | None = None         # the second pass's own checkpoint (its name); None: the job's
     checkpoint_title: str | None = None   # its short title, for the infotext
     own_sampler: bool = False             # the request chose the second pass's sampler or schedule
+    first_pass: Any = None                # A1111's firstpass_image (PIL, width x height): it stands in for the
+                                          # first pass, which is then not sampled
 
     def infotext(self, req: GenerationRequest) -> dict[str, Any]:
         p: dict[str, Any] = {}

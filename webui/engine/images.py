@@ -1,8 +1,15 @@
-"""Image geometry for img2img and inpainting: A1111's resize modes, mask blur, the "only masked" crop."""
+"""Image geometry for img2img and inpainting: A1111's resize modes, mask blur, the "only masked" crop; and
+decoding the base64 images requests carry."""
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from webui.core.errors import InvalidField
 
 
 def resize_image(mode: int, im: Image.Image, width: int, height: int) -> Image.Image:
@@ -100,3 +107,27 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
 def composite(original: Image.Image, generated: Image.Image, soft_mask: Image.Image) -> Image.Image:
     """The result pasted over the original: outside the (blurred) mask the original's pixels, exactly."""
     return Image.composite(generated.convert("RGB"), original.convert("RGB"), soft_mask)
+
+
+def decode_image(data: str, field: str = "image", max_side: int | None = None) -> Image.Image:
+    """A PIL image from base64 PNG, JPEG or WebP (a data-URL prefix is accepted); InvalidField when it is not
+    one, or when a side is larger than max_side (checked from the header, before the pixels are decoded)."""
+    if not isinstance(data, str) or not data.strip():
+        raise InvalidField(field, "no image given (base64 PNG, JPEG or WebP expected)")
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidField(field, "not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if max_side is not None and max(image.size) > max_side:
+            raise InvalidField(field, f"the image is {image.width}x{image.height}, larger than {max_side} px "
+                                      f"on a side (twice the setting max_image_side)")
+        image.load()
+    except Image.DecompressionBombError:
+        raise InvalidField(field, "the image has too many pixels to be decoded safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise InvalidField(field, "base64 decoded, but it is not an image (PNG, JPEG or WebP expected)") from None
+    return image

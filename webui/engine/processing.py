@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from webui.config.paths import Paths
 from webui.config.settings import Settings
@@ -31,6 +32,7 @@ from webui.core.styles import StyleDatabase
 from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
 from webui.engine import batch, conditioning, noise, refiner, sampling, saving, seamless
 from webui.engine import controlnet as cn_engine
+from webui.engine import images as images_lib
 from webui.engine import samplers as engine_samplers
 from webui.engine import train_embedding as train_emb
 from webui.engine.events import EngineEvents, ImageSaveParams
@@ -278,9 +280,13 @@ class Engine:
                 raise InvalidField("hr_sampler_name", f"unknown sampler {hr_sampler!r}")
         checkpoint = refiner.chosen(req.hr_checkpoint_name)
         info = self._checkpoint_field(checkpoint, "hr_checkpoint_name") if checkpoint else None
+        first = None
+        if req.firstpass_image:   # as A1111: the hires pass starts from this image, resized to width x height
+            first = images_lib.decode_image(req.firstpass_image, "firstpass_image", 2 * side).convert("RGB")
+            first = first.resize((req.width, req.height), Image.Resampling.LANCZOS)
         return HiresPlan(w, h, upscaler, req.hr_second_pass_steps or req.steps, denoise, hr_sampler, hr_schedule,
                          info.name if info else None, info.short_title if info else None,
-                         bool(hr_sampler_name or hr_scheduler))
+                         bool(hr_sampler_name or hr_scheduler), first)
 
     def _checkpoint_field(self, name: str, field_name: str):
         """The checkpoint a request field names (InvalidField naming the valid ones when there is none)."""
@@ -388,7 +394,8 @@ class Engine:
                                              loaded)
         job.progress.job = "img2img" if init else "txt2img"
         job.progress.job_count = req.n_iter
-        job.progress.sampling_steps = req.steps + (int(hires.steps * hires.denoising) if hires else 0)
+        first_steps = 0 if hires is not None and hires.first_pass is not None else req.steps
+        job.progress.sampling_steps = first_steps + (int(hires.steps * hires.denoising) if hires else 0)
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         latent_shape = (pipe.vae.config.latent_channels, req.height // scale, req.width // scale)
         mask_weight = float(opts.get("inpainting_mask_weight", 1.0))
@@ -461,7 +468,13 @@ class Engine:
                 plan.switch = others.switch(refiner_name, res, state, lambda enc, sl=sl: JobPrompts(
                     enc, prompts, negatives, req.steps).conditioning(sl, n_chunks))
             try:
-                latents = sampling.sample(unet, plan, latents, timesteps)
+                first_images = None
+                if hires is not None and hires.first_pass is not None:   # the request's image is the first pass
+                    first_images = [hires.first_pass] * (sl.stop - sl.start)
+                    latents = sampling.encode(pipe.vae, sampling.to_tensor(first_images),
+                                              per_image=device.type == "cpu").to(device)
+                else:
+                    latents = sampling.sample(unet, plan, latents, timesteps)
                 if hires:
                     first_model, hr_unet, hr_cond = state["model"], unet, second.conditioning(sl, n_chunks)
                     hr_other = others.get(hires.checkpoint, "hr_checkpoint_name") \
@@ -479,7 +492,7 @@ class Engine:
                         if others is not None and refiner_name and refine_second else None
                     latents = self._hires_pass(job, req, hires, first_model, state["model"], latents, gens, hr_cond,
                                                sl, opts, preview_every, hr_unet, control=control[1], switch=switch,
-                                               params=params, skipped=skipped)
+                                               params=params, skipped=skipped, first_images=first_images)
             except sampling.StopSampling as stop:
                 # interrupted or skipped: as A1111, the batch comes back as far as it got (the last step's
                 # prediction of the clean image), saved only with the setting save_incomplete_images
@@ -572,7 +585,7 @@ class Engine:
     def _hires_pass(self, job: Job, req: GenerationRequest, hr: HiresPlan, first_model: LoadedModel,
                     model: LoadedModel, latents: torch.Tensor, gens: list, cond, sl: slice, opts: dict,
                     preview_every: int, unet, control: cn_engine.ControlPass | None = None, switch=None,
-                    params: SamplerParams | None = None, skipped: set | None = None):
+                    params: SamplerParams | None = None, skipped: set | None = None, first_images: list | None = None):
         """Hires fix: upscale the first pass (in latent space, or as an image decoded by ``first_model``, the
         checkpoint that ended it) and denoise it again with ``model``'s ``unet`` (plain or compiled), switching to
         the refiner where ``switch`` says."""
@@ -584,9 +597,10 @@ class Engine:
             init = sampling.upscale_latents(latents.float(), hr.upscaler, lh, lw)
         else:
             from webui.engine.upscaling import upscale_to
-            first, _ = sampling.decode(first_model.pipe.vae, latents, per_image=device.type == "cpu")
-            big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts)
-                   for im in sampling.to_pil(first)]
+            if first_images is None:
+                first, _ = sampling.decode(first_model.pipe.vae, latents, per_image=device.type == "cpu")
+                first_images = sampling.to_pil(first)
+            big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts) for im in first_images]
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
         scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config), opts,
                                                    hr.steps)
@@ -601,7 +615,8 @@ class Engine:
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)
             plan.added_time_ids = ids.repeat(n, 1).to(device)
-        plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, plan, offset=req.steps))
+        offset = 0 if hr.first_pass is not None else req.steps
+        plan.after_step.append(self._progress_hook(job, pipe, preview_every, opts, plan, offset=offset))
         plan.on_cfg_denoiser = self.events.cfg_denoiser
         if control is not None:
             plan.unet_residuals = control.provider()

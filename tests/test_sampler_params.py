@@ -301,3 +301,34 @@ def test_schedule_types_reach_the_scheduler_of_a_loaded_model(engine):
         sampler_name="Euler", scheduler="Karras", seed=11,
         override_settings={"sd_model_checkpoint": BUNDLED[0].name, "live_previews_enable": False}), save=False)
     assert not np.array_equal(plain, np.asarray(karras.images[0]).astype(np.int16))
+
+
+def test_always_discard_next_to_last_sigma(engine):
+    """A1111's setting: a schedule of steps + 1 sigmas with the next-to-last dropped (Euler and the other
+    one-sigma-per-step samplers); samplers that cannot drop one run as usual and say so by leaving the key out."""
+    from webui.engine.sampler_params import SamplerParams
+    from webui.engine.samplers import SD_NOISE, make_scheduler
+    plain = make_scheduler("Euler", "automatic", SD_NOISE)
+    plain.set_timesteps(11)
+    dropped = make_scheduler("Euler", "automatic", SD_NOISE)
+    SamplerParams(discard_penultimate=True).set_timesteps(dropped, 10, "cpu")
+    assert len(dropped.timesteps) == 10
+    assert torch.equal(dropped.sigmas, torch.cat([plain.sigmas[:-2], plain.sigmas[-1:]]))
+    euler, p0, _ = run(engine, sampler="Euler")
+    discard, p, rows = run(engine, sampler="Euler", always_discard_next_to_last_sigma=True)
+    assert rows == 24 and p["Discard penultimate sigma"] == "True" and "Discard penultimate sigma" not in p0
+    assert not np.array_equal(euler, discard) and sc.analyse(discard.astype(np.uint8)).colour == "yellow"
+    heun, _, _ = run(engine, sampler="Heun")
+    heun_on, ph, _ = run(engine, sampler="Heun", always_discard_next_to_last_sigma=True)
+    assert np.array_equal(heun, heun_on) and "Discard penultimate sigma" not in ph
+    assert fields_from_infotext(p)["override_settings"]["always_discard_next_to_last_sigma"] is True
+    from webui.extensions.runner import ScriptRunner
+    from webui.scripts import builtin_registry
+    grid = ScriptRunner(engine, builtin_registry()).run(GenerationRequest(
+        prompt="a large yellow star on the right, purple background", steps=4, width=64, height=64, cfg_scale=7,
+        sampler_name="DPM++ 2M", seed=11, script_name="X/Y/Z plot",
+        override_settings={"sd_model_checkpoint": BUNDLED[0].name, "live_previews_enable": False},
+        script_args=["Always discard next-to-last sigma", "False, True", [], "Nothing", "", [], "Nothing", "", [],
+                     True, True, False, False, False, False, 0, False]), save=False)
+    texts = [parse_infotext(t) for t in grid.infotexts[grid.index_of_first_image:]]
+    assert [t.get("Discard penultimate sigma") for t in texts] == [None, "True"]

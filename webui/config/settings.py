@@ -52,6 +52,8 @@ def _defs() -> dict[str, Setting]:
                                  minimum=0.0, maximum=1.0),
         "sgm_noise_multiplier": s(False, "SGM noise multiplier: the start noise scaled by sqrt(1 + sigma^2), as SDXL's "
                                          "original code (sigma-based samplers)", "Sampler parameters"),
+        "always_discard_next_to_last_sigma": s(False, "Always discard next-to-last sigma (Euler, Euler a, LMS, DPM++ "
+                                                      "2M family, UniPC)", "Sampler parameters"),
         "uni_pc_variant": s("bh1", "UniPC variant", "Sampler parameters", choices=("bh1", "bh2")),
         "uni_pc_order": s(3, "UniPC order (below the number of steps)", "Sampler parameters", minimum=1, maximum=50),
         "s_min_uncond": s(0.0, "Negative Guidance minimum sigma (NGMS): skip the negative prompt on every other step "

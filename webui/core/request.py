@@ -287,6 +287,8 @@ def fields_from_infotext(parsed: dict[str, Any],
         overrides["s_min_uncond_all"] = True
     if str(parsed.get("SGM noise multiplier", "")).lower() == "true":
         overrides["sgm_noise_multiplier"] = True
+    if str(parsed.get("Discard penultimate sigma", "")).lower() == "true":
+        overrides["always_discard_next_to_last_sigma"] = True
     if parsed.get("Hires refiner"):
         overrides["hires_fix_refiner_pass"] = str(parsed["Hires refiner"])
     if str(parsed.get("Refiner switch by sampling steps", "")).lower() == "true":

@@ -120,7 +120,7 @@ class InitImages:
             init = init * (1 - latent_mask) + noise * latent_mask
         elif latent_mask is not None and req.inpainting_fill == 3:
             init = init * (1 - latent_mask)
-        timesteps = sampling.partial_timesteps(scheduler, req.steps, self.denoise, device)
+        timesteps = sampling.partial_timesteps(scheduler, req.steps, self.denoise, device, plan.params)
         start = sampling.noised_start(scheduler, init, noise, timesteps, plan.params, img2img=True)
         if model.inpainting:
             # The model sees the unmasked picture through its extra input channels, so (as diffusers'

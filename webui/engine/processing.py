@@ -454,7 +454,7 @@ class Engine:
                 timesteps, latents, finish = init.start(req, model, scheduler, plan, latents.to(device),
                                                         range(sl.start, sl.stop), mask_weight)
             else:
-                scheduler.set_timesteps(req.steps, device=device)
+                params.set_timesteps(scheduler, req.steps, device)
                 timesteps = scheduler.timesteps
                 sgm = params.start_noise_sigma(scheduler)
                 latents = latents.to(device) * (scheduler.init_noise_sigma if sgm is None else sgm)
@@ -513,7 +513,8 @@ class Engine:
                 batch_images = finish(batch_images)
             extra = {**params.infotext(scheduler), **params.skip_infotext(skipped),
                      **params.noise_infotext(init is not None, bool(hires)),
-                     **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts)}
+                     **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts),
+                     **params.discard_infotext(scheduler)}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
@@ -604,7 +605,7 @@ class Engine:
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
         scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config), opts,
                                                    hr.steps)
-        timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device)
+        timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device, params)
         from diffusers.utils.torch_utils import randn_tensor
         noise = torch.cat([randn_tensor((1, init.shape[1], lh, lw), generator=g, device=device) for g in gens])
         start = sampling.noised_start(scheduler, init.to(device), noise, timesteps, params)

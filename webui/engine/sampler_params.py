@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+_DISCARDABLE = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
+                "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
 _SIGMA_KEYS = (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0), ("s_tmax", "Sigma tmax", math.inf),
                ("s_noise", "Sigma noise", 1.0))
 
@@ -27,6 +29,7 @@ class SamplerParams:
     noise_multiplier: float = 1.0  # img2img: the start noise times this ("Noise multiplier")
     extra_noise: float = 0.0      # img2img and hires passes: the same noise added once more, times this
     sgm_noise: bool = False       # the start noise scaled by sqrt(1 + sigma^2) rather than sigma
+    discard_penultimate: bool = False   # A1111's "Always discard next-to-last sigma"
 
     @classmethod
     def of(cls, req, opts: dict) -> SamplerParams:
@@ -41,7 +44,8 @@ class SamplerParams:
         return cls(pick("s_churn", 0.0), pick("s_tmin", 0.0), math.inf if tmax == 0 else tmax,
                    pick("s_noise", 1.0), pick("s_min_uncond", 0.0), bool(opts.get("s_min_uncond_all", False)),
                    float(opts.get("skip_early_cond", 0.0)), multiplier, float(opts.get("img2img_extra_noise", 0.0)),
-                   bool(opts.get("sgm_noise_multiplier", False)))
+                   bool(opts.get("sgm_noise_multiplier", False)),
+                   bool(opts.get("always_discard_next_to_last_sigma", False)))
 
     def _taken(self, scheduler) -> list[tuple[str, str, Any]]:
         accepted = set(inspect.signature(scheduler.step).parameters)
@@ -77,6 +81,24 @@ class SamplerParams:
         return p
 
 
+    def can_discard(self, scheduler) -> bool:
+        """Whether this scheduler steps through one sigma per step (Euler, Euler a, LMS, the DPM++ multistep
+        family, UniPC), so that a sigma can be dropped from its schedule; second-order and alpha-based ones
+        (Heun, DPM2, DPM++ SDE, DDIM, PLMS, LCM) interleave or recompute theirs."""
+        return type(scheduler).__name__ in _DISCARDABLE
+
+    def set_timesteps(self, scheduler, steps: int, device) -> None:
+        """``scheduler.set_timesteps(steps)``; with discard_penultimate (where the scheduler allows it, as A1111's
+        setting): a schedule of steps + 1 with the next-to-last sigma dropped, so the last step goes to zero from
+        further up."""
+        if not (self.discard_penultimate and self.can_discard(scheduler)):
+            scheduler.set_timesteps(steps, device=device)
+            return
+        scheduler.set_timesteps(steps + 1, device=device)
+        scheduler.sigmas = torch.cat([scheduler.sigmas[:-2], scheduler.sigmas[-1:]])
+        scheduler.timesteps = scheduler.timesteps[:-1]
+        scheduler.num_inference_steps = steps
+
     def start_noise_sigma(self, scheduler) -> float | None:
         """What txt2img's noise is multiplied by when the SGM noise multiplier is on and the scheduler works in
         sigma space (its latents are x + sigma * noise); None: the scheduler's own init_noise_sigma."""
@@ -111,6 +133,9 @@ class SamplerParams:
         if self.sgm_noise:
             p["SGM noise multiplier"] = True
         return p
+
+    def discard_infotext(self, scheduler) -> dict[str, Any]:
+        return {"Discard penultimate sigma": True} if self.discard_penultimate and self.can_discard(scheduler) else {}
 
 
 def sigma_at(scheduler, t) -> float:

@@ -9,8 +9,8 @@ An axis type is its label ("CFG Scale", case-insensitive) or its index in this t
 list in A1111's order (so an API client's indices mean the same axes). Every value of every axis, and every
 cell, is checked before the first image is made; the number of cells is capped by the setting xyz_max_cells.
 Cells run in A1111's order (X fastest, Z slowest, an axis dearer than the others outermost). A1111's axes with no
-counterpart in this studio's sampler (Image CFG Scale, Face restore, Token merging, discarding the
-next-to-last sigma, FP8) are listed to keep the indices and refused with a message.
+counterpart in this studio's sampler (Image CFG Scale, Face restore, Token merging, FP8) are listed to keep the
+indices and refused with a message.
 """
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ AXES: tuple[Axis, ...] = (
     _unsupported("Face restore", kind="str"),
     _unsupported("Token merging ratio"),
     _unsupported("Token merging ratio high-res"),
-    _unsupported("Always discard next-to-last sigma", kind="str"),
+    Axis("Always discard next-to-last sigma", "str", _override_bool("always_discard_next_to_last_sigma"),
+         choices=_booleans),
     Axis("SGM noise multiplier", "str", _override_bool("sgm_noise_multiplier"), choices=_booleans),
     Axis("Refiner checkpoint", "str", _field("refiner_checkpoint"), show="path", cost=1.0,
          choices=lambda engine: ["None", *_checkpoints(engine)]),

@@ -14,9 +14,6 @@ In hires fix's second pass the map is made at the hires size, and canny/mlsd map
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +25,7 @@ from webui.core import controlnet as cn_core
 from webui.core.controlnet import ControlNetUnit
 from webui.core.errors import InvalidField, StudioError
 from webui.engine import preprocessors as pre
+from webui.engine.images import decode_image
 from webui.engine.openpose import PoseDetector
 
 SOFT_DECAY = 0.825
@@ -105,7 +103,7 @@ class CheckedUnit:
 def to_array(value, field_name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(HxWx3 uint8 RGB, mask from an alpha channel / {"mask": ...} or None) from a PIL image, numpy array,
     base64 string or {"image": ..., "mask": ...}; InvalidField when it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     mask = None
     if isinstance(value, dict):
@@ -116,17 +114,7 @@ def to_array(value, field_name: str) -> tuple[np.ndarray, np.ndarray | None]:
         mask = to_array(value[1], field_name + ".mask")[0][:, :, 0]
         value = value[0]
     if isinstance(value, str):
-        data = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
-        try:
-            raw = base64.b64decode(data.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidField(field_name, "not valid base64 (a PNG, JPEG or WebP image is expected)") from None
-        try:
-            value = Image.open(io.BytesIO(raw))
-            value.load()
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            raise InvalidField(field_name, "base64 decoded, but it is not an image (PNG, JPEG or WebP expected)") \
-                from None
+        value = decode_image(value, field_name)
     if isinstance(value, Image.Image):
         value = np.asarray(value.convert("RGBA") if value.mode in ("RGBA", "LA", "P") else value.convert("RGB"))
     if not isinstance(value, np.ndarray) or value.ndim not in (2, 3) or min(value.shape[:2]) < 1:

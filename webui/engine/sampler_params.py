@@ -80,7 +80,6 @@ class SamplerParams:
             p["Skip Early CFG"] = self.skip_early_cond
         return p
 
-
     def can_discard(self, scheduler) -> bool:
         """Whether this scheduler steps through one sigma per step (Euler, Euler a, LMS, the DPM++ multistep
         family, UniPC), so that a sigma can be dropped from its schedule; second-order and alpha-based ones

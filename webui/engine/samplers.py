@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 
 import numpy as np
 from diffusers import (
@@ -22,6 +21,7 @@ from diffusers import (
 
 from webui.core import samplers
 from webui.core.errors import InvalidField
+from webui.engine.sampler_params import sigma_at
 
 _CLASSES: dict[str, tuple[type, dict]] = {
     "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -116,9 +116,8 @@ def schedule_overrides(scheduler, sampler: str, schedule: str, opts: dict) -> di
     schedule = effective_schedule(sampler, schedule)
     if schedule not in ("karras", "exponential", "beta"):
         return {}
-    ac = scheduler.alphas_cumprod
-    model = {"sigma_min": math.sqrt((1 - float(ac[0])) / float(ac[0])),
-             "sigma_max": math.sqrt((1 - float(ac[-1])) / float(ac[-1])), "rho": _KARRAS_RHO}
+    last = len(scheduler.alphas_cumprod) - 1
+    model = {"sigma_min": sigma_at(scheduler, 0), "sigma_max": sigma_at(scheduler, last), "rho": _KARRAS_RHO}
     out: dict[str, float] = {}
     for key, label in _SCHEDULE_SETTINGS:
         value = float(opts.get(key, 0.0) or 0.0)

@@ -81,10 +81,7 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
     """Denoise latents (already noised for the first timestep) over the plan's timesteps."""
     sch = plan.scheduler
     if timesteps is None:
-        if isinstance(plan.params, SamplerParams):
-            plan.params.set_timesteps(sch, plan.steps, latents.device)
-        else:
-            sch.set_timesteps(plan.steps, device=latents.device)
+        (plan.params or SamplerParams()).set_timesteps(sch, plan.steps, latents.device)
         timesteps = sch.timesteps
     step_kw = _step_kwargs(sch, plan.generators if len(plan.generators) > 1 else plan.generators[0], plan.eta)
     if plan.params is not None:
@@ -233,10 +230,7 @@ def to_pil(images: torch.Tensor) -> list:
 def partial_timesteps(scheduler, steps: int, strength: float, device, params: SamplerParams | None = None
                       ) -> torch.Tensor:
     """The tail of a `steps`-step schedule that img2img-style passes run: int(steps * strength) steps."""
-    if params is not None:
-        params.set_timesteps(scheduler, steps, device)
-    else:
-        scheduler.set_timesteps(steps, device=device)
+    (params or SamplerParams()).set_timesteps(scheduler, steps, device)
     run = min(int(steps * strength), steps)
     start = (steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):

@@ -25,6 +25,7 @@ import torch
 
 from webui.core.errors import InvalidField, StudioError
 from webui.core.training import TrainEmbeddingRequest
+from webui.engine import saving
 from webui.models import embeddings as ti
 from webui.models.manager import LoadedModel
 
@@ -97,22 +98,6 @@ def _save_pt(path: Path, name: str, vectors: torch.Tensor, step: int, model: Loa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _save_png(path: Path, image, infotext: str) -> Path:
-    from PIL.PngImagePlugin import PngInfo
-    info = PngInfo()
-    info.add_text("parameters", infotext)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _one_encoder(model: LoadedModel):
@@ -343,8 +328,8 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
                 _save_pt(path, req.embedding_name, vectors, step0 + step, model)   # what the preview reads
                 with torch.no_grad():
                     image, text = preview(prompts[0])
-                images.append(_save_png(run_dir / "images" / f"{req.embedding_name}-{step0 + step}.png", image,
-                                        text))
+                images.append(saving.save_named(image, run_dir / "images", f"{req.embedding_name}-{step0 + step}",
+                                                text))
                 job.progress.sampling_steps, job.progress.sampling_step = req.steps, step
                 job.progress.job_count, job.progress.job_no = 1, 0
     if not done:

@@ -420,6 +420,7 @@ class Engine:
         params = SamplerParams.of(req, opts)
         skipped: set[str] = set()   # why steps ran without the negative prompt (NGMS, Skip Early CFG)
         refiner_name = refiner.chosen(req.refiner_checkpoint)
+        first_latent = None   # firstpass_image's latents, when the request gives one
         refine_first, refine_second = refiner.refiner_passes(str(opts.get("hires_fix_refiner_pass")), bool(hires))
         images: list = []
         for n in range(req.n_iter):
@@ -471,8 +472,9 @@ class Engine:
                 first_images = None
                 if hires is not None and hires.first_pass is not None:   # the request's image is the first pass
                     first_images = [hires.first_pass] * (sl.stop - sl.start)
-                    latents = sampling.encode(pipe.vae, sampling.to_tensor(first_images),
-                                              per_image=device.type == "cpu").to(device)
+                    if first_latent is None:   # encoded once for every batch
+                        first_latent = sampling.encode(pipe.vae, sampling.to_tensor([hires.first_pass])).to(device)
+                    latents = first_latent.repeat(len(first_images), 1, 1, 1)
                 else:
                     latents = sampling.sample(unet, plan, latents, timesteps)
                 if hires:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from output_files import newest_new_png, pngs
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,14 +45,9 @@ def set_number(page, elem_id: str, value) -> None:
     box.press("Enter")
 
 
-def newest_png(folder, after: float):
-    files = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= after]
-    return max(files, key=lambda f: f.stat().st_mtime) if files else None
-
-
 def generate(page, data_dir, prompt: str):
     page.locator("#txt2img_prompt textarea").fill(prompt)
-    started = time.time() - 1
+    before_files = pngs(data_dir / "outputs" / "txt2img-images")
     before = page.locator("#txt2img_gallery img").count()
     page.click("#txt2img_generate")
     page.wait_for_function(
@@ -61,7 +57,8 @@ def generate(page, data_dir, prompt: str):
     # the info box may still show an earlier job's "Seed:" (an interrupted job returns its image too): the new
     # file is what says this job is done
     deadline = time.time() + 120
-    while (saved := newest_png(data_dir / "outputs" / "txt2img-images", started)) is None and time.time() < deadline:
+    while (saved := newest_new_png(data_dir / "outputs" / "txt2img-images", before_files)) is None \
+            and time.time() < deadline:
         time.sleep(0.2)
     assert saved is not None, "the generated image was not saved under outputs/txt2img-images"
     page.wait_for_function(f"() => document.querySelector('#html_info_txt2img').innerText.includes("
@@ -112,14 +109,14 @@ def test_generate_in_browser_then_paste_back(page, data_dir, server):
                            " === 'a yellow triangle at the top'")
     assert page.locator("#txt2img_seed input[type=number]").first.input_value() == "4242"
     page.wait_for_timeout(500)
-    started = time.time() - 1
+    before_files = pngs(data_dir / "outputs" / "txt2img-images")
     page.click("#txt2img_generate")
     page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Seed: 4242')"
                            " && document.querySelector('#txt2img_progress').innerText === ''")
     deadline = time.time() + 30
     again = None
     while again is None and time.time() < deadline:
-        again = newest_png(data_dir / "outputs" / "txt2img-images", started)
+        again = newest_new_png(data_dir / "outputs" / "txt2img-images", before_files)
         time.sleep(0.2)
     assert again is not None and again != saved
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(saved)))
@@ -188,12 +185,12 @@ def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
                    ("img2img_mask_blur", 0)):
         set_number(page, eid, v)
     page.locator("#img2img_prompt textarea").fill("a green square")
-    started = time.time() - 1
+    before_files = pngs(data_dir / "outputs" / "img2img-images")
     page.click("#img2img_generate")
     page.wait_for_function("() => document.querySelector('#html_info_img2img').innerText.includes('Seed: 5')",
                            timeout=120_000)
     assert page.locator("#img2img_error").inner_text() == ""
-    saved = newest_png(data_dir / "outputs" / "img2img-images", started)
+    saved = newest_new_png(data_dir / "outputs" / "img2img-images", before_files)
     assert saved is not None
     out = np.asarray(Image.open(saved).convert("RGB"))
     outside = np.asarray(mask) == 0
@@ -248,16 +245,16 @@ def generate_img2img(page, data_dir, seed: int, **numbers):
     for eid, v in (("img2img_steps", 3), ("img2img_width", 64), ("img2img_height", 64), ("img2img_seed", seed),
                    *numbers.items()):
         set_number(page, eid, v)
-    started = time.time() - 1
+    folder, init_folder = data_dir / "outputs" / "img2img-images", data_dir / "outputs" / "init-images"
+    before, before_inits = pngs(folder), pngs(init_folder)
     page.click("#img2img_generate")
     page.wait_for_function(f"() => document.querySelector('#html_info_img2img').innerText.includes('Seed: {seed}')"
                            " || document.querySelector('#img2img_error .studio-error') !== null", timeout=240_000)
     assert page.locator("#img2img_error .studio-error").count() == 0, page.locator("#img2img_error").inner_text()
-    folder = data_dir / "outputs" / "img2img-images"
-    saved = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= started]
+    saved = sorted(pngs(folder) - before)
     out = [f for f in saved if not f.stem.endswith("-mask")]
     masks = [f for f in saved if f.stem.endswith("-mask")]
-    inits = [f for f in (data_dir / "outputs" / "init-images").glob("*.png") if f.stat().st_mtime >= started]
+    inits = sorted(pngs(init_folder) - before_inits)
     assert len(out) == 1, saved
     return out[0], (masks[0] if masks else None), inits
 
@@ -422,10 +419,11 @@ def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
     assert press("<lora:x:0.8> a cat", (3, 3), "Control+ArrowUp") == "<lora:x:0.85> a cat"
     # the last edit reaches the job: Ctrl+Enter generates with it
     assert press("a yellow square", (4, 4), "Control+ArrowUp") == "a (yellow:1.1) square"
-    started = time.time() - 1
+    before = pngs(data_dir / "outputs" / "txt2img-images")
     box.press("Control+Enter")
     deadline = time.time() + 120
-    while (saved := newest_png(data_dir / "outputs" / "txt2img-images", started)) is None and time.time() < deadline:
+    while (saved := newest_new_png(data_dir / "outputs" / "txt2img-images", before)) is None \
+            and time.time() < deadline:
         time.sleep(0.2)
     assert saved is not None, "Ctrl+Enter started no job"
     assert Image.open(saved).info["parameters"].startswith("a (yellow:1.1) square\n")
@@ -434,7 +432,7 @@ def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
     # Esc interrupts the running job: a 60-image job (long enough that it cannot end before Esc lands, even on a
     # slow machine) stops early
     outputs = data_dir / "outputs" / "txt2img-images"
-    before = set(outputs.rglob("*.png"))
+    before = pngs(outputs)
     set_number(page, "txt2img_batch_count", 60)
     set_number(page, "txt2img_steps", 20)
     box.press("Control+Enter")
@@ -442,7 +440,7 @@ def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
     page.keyboard.press("Escape")
     page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() === ''",
                            timeout=120_000)
-    made = set(outputs.rglob("*.png")) - before
+    made = pngs(outputs) - before
     set_number(page, "txt2img_batch_count", 1)
     assert len(made) < 60, f"Esc did not interrupt the job: it made all {len(made)} images"
 
@@ -497,10 +495,10 @@ def test_generate_forever_from_the_context_menu(page, data_dir):
         set_number(page, eid, v)
     page.locator("#txt2img_prompt textarea").fill("a blue circle")
     folder = data_dir / "outputs" / "txt2img-images"
-    started = time.time() - 1
+    before = pngs(folder)
 
     def made() -> int:
-        return len([f for f in folder.rglob("*.png") if f.stat().st_mtime >= started])
+        return len(pngs(folder) - before)
 
     page.click("#txt2img_generate", button="right")
     page.get_by_role("menuitem", name="Generate forever", exact=True).click()

@@ -3,9 +3,9 @@ prompt matrix (Playwright + Debian's chromium)."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
+from output_files import newest_new_png, pngs
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,22 +37,17 @@ def set_number(page, selector: str, value) -> None:
     box.press("Enter")
 
 
-def newest(folder, after: float):
-    files = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= after]
-    return max(files, key=lambda f: f.stat().st_mtime) if files else None
-
-
 def test_xyz_tab_makes_a_labelled_grid(page, data_dir):
     page.get_by_role("tab", name="X/Y/Z plot").click()
     for eid, v in (("xyz_plot_steps", 2), ("xyz_plot_width", 64), ("xyz_plot_height", 64), ("xyz_plot_seed", 77)):
         set_number(page, f"#{eid}", v)
     page.locator("#xyz_plot_prompt textarea").fill("a red circle")
     page.locator("#xyz_plot_x_values textarea, #xyz_plot_x_values input").first.fill("1, 2, 3")
-    started = time.time() - 1
+    before = pngs(data_dir / "outputs" / "txt2img-grids")
     page.click("#xyz_plot_generate")
     page.wait_for_function("() => (document.querySelector('#html_info_xyz_plot') || {innerText: ''})"
                            ".innerText.includes('X Type: Seed')", timeout=180_000)
-    grid = newest(data_dir / "outputs" / "txt2img-grids", started)
+    grid = newest_new_png(data_dir / "outputs" / "txt2img-grids", before)
     assert grid is not None
     im = Image.open(grid)
     assert im.width > 3 * 64 - 1 and im.height > 64
@@ -67,11 +62,11 @@ def test_script_dropdown_runs_prompt_matrix(page, data_dir):
     page.get_by_role("option", name="Prompt matrix", exact=True).click()
     page.wait_for_selector("#script_txt2img_prompt_matrix_put_at_start", state="visible")
     page.locator("#txt2img_prompt textarea").fill("a circle | red")
-    started = time.time() - 1
+    before = pngs(data_dir / "outputs" / "txt2img-grids")
     page.click("#txt2img_generate")
     page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Seed: 5')",
                            timeout=180_000)
     page.wait_for_timeout(500)
     assert page.locator("#txt2img_gallery img").count() >= 3      # the labelled grid, then both images
-    grid = newest(data_dir / "outputs" / "txt2img-grids", started)
+    grid = newest_new_png(data_dir / "outputs" / "txt2img-grids", before)
     assert grid is not None and Image.open(grid).size[1] > 64          # a header band above the cells

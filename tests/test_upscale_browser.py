@@ -3,10 +3,10 @@ upscaler, run, and find the saved PNG at the right size."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
+from output_files import newest_new_png, pngs
 from PIL import Image, ImageDraw
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -41,11 +41,6 @@ def choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).first.click()
 
 
-def newest_png(folder, after: float):
-    files = [f for f in folder.rglob("*.png") if f.stat().st_mtime >= after] if folder.exists() else []
-    return max(files, key=lambda f: f.stat().st_mtime) if files else None
-
-
 def source(tmp_path, w=40, h=30):
     im = Image.new("RGB", (w, h), (20, 60, 200))
     ImageDraw.Draw(im).ellipse((8, 6, 30, 24), fill=(230, 30, 30))
@@ -61,13 +56,13 @@ def test_extras_tab_upscales_and_saves(page, data_dir, tmp_path):
     page.wait_for_timeout(1000)
     choose(page, "extras_upscaler_1", "Nearest")
     set_number(page, "extras_upscaling_resize", 3)
-    started = time.time() - 1
+    before = pngs(data_dir / "outputs" / "extras-images")
     page.click("#extras_generate")
     page.wait_for_function("() => document.querySelector('#html_info_extras') && "
                            "document.querySelector('#html_info_extras').innerText.includes('Postprocess upscaler')",
                            timeout=120_000)
     assert "Postprocess upscale by: 3" in page.locator("#html_info_extras").inner_text()
-    saved = newest_png(data_dir / "outputs" / "extras-images", started)
+    saved = newest_new_png(data_dir / "outputs" / "extras-images", before)
     assert saved is not None, "the Extras result was not saved under outputs/extras-images"
     with Image.open(saved) as out:
         assert out.size == (120, 90)
@@ -88,14 +83,14 @@ def test_sd_upscale_tab_runs_the_script(page, data_dir, tmp_path):
                    ("sd_upscale_denoising_strength", 0), ("sd_upscale_overlap", 16), ("sd_upscale_seed", 7)):
         set_number(page, eid, v)
     page.locator("#sd_upscale_upscaler").get_by_text("Lanczos", exact=True).click()
-    started = time.time() - 1
+    before = pngs(data_dir / "outputs" / "img2img-images")
     page.click("#sd_upscale_generate")
     page.wait_for_function("() => document.querySelector('#html_info_sd_upscale') && "
                            "document.querySelector('#html_info_sd_upscale').innerText.includes('SD upscale')",
                            timeout=180_000)
     text = page.locator("#html_info_sd_upscale").inner_text()
     assert "SD upscale upscaler: Lanczos" in text and "64x64" in text
-    saved = newest_png(data_dir / "outputs" / "img2img-images", started)
+    saved = newest_new_png(data_dir / "outputs" / "img2img-images", before)
     assert saved is not None
     with Image.open(saved) as out:
         assert out.size == (64, 64)

@@ -17,6 +17,7 @@ from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core.errors import BadRequest
 from webui.engine.events import EngineEvents
+from webui.engine.exports import save_folder
 from webui.engine.processing import Engine
 from webui.extensions.loader import Extensions
 from webui.extensions.runtime import ExtensionRuntime
@@ -56,8 +57,10 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None, extension
         from webui.ui.app_ui import build_ui, head_html
         demo = build_ui(engine, scripts, runtime)
         head = "\n".join(filter(None, (head_html(), extensions.head_html())))
+        # the 💾 Save button offers its files for download from the save folder
         gr.mount_gradio_app(app, demo, path="/", footer_links=["api"], head=head or None,
-                            css=extensions.css() or None)
+                            css=extensions.css() or None,
+                            allowed_paths=[str(save_folder(engine.settings.as_dict(), engine.paths.data))])
     runtime.app_started(demo, app)
     _mounts_last(app)
     wrapped = BasicAuthMiddleware(app, parse_credentials(args.api_auth), parse_credentials(args.gradio_auth))

@@ -557,3 +557,56 @@ def test_quicksettings_bar_shows_the_vae_and_saves_clip_skip_at_once(page, data_
         assert "Clip skip: 2" in Image.open(saved).info["parameters"]
     finally:
         httpx.post(server + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}, timeout=30)
+
+
+def test_save_and_zip_buttons_save_the_selected_image_or_all_and_offer_them_for_download(page, data_dir, server):
+    """A1111's 💾 and 🗃️ under the gallery: the selected picture (or, with the grid or nothing selected, every
+    image) is copied with its infotext into log/images, a row goes into its log.csv, and the files (the zip first)
+    are offered for download."""
+    import csv
+    import io
+    import zipfile
+    page.get_by_role("tab", name="txt2img").first.click()
+    page.click("#save_txt2img")     # nothing generated on this page yet
+    page.wait_for_function("() => document.querySelector('#html_log_txt2img').innerText.includes('no images')")
+    pick_tiny_sd1(page)
+    for eid, v in (("txt2img_steps", 3), ("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_seed", 900),
+                   ("txt2img_batch_count", 2)):
+        set_number(page, eid, v)
+    page.locator("#txt2img_prompt textarea").fill("a green square")
+    page.click("#txt2img_generate")
+    try:
+        page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Seed: 900')"
+                               " && document.querySelector('#txt2img_progress').innerText.trim() === ''",
+                               timeout=120_000)
+    finally:
+        set_number(page, "txt2img_batch_count", 1)
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_gallery .thumbnail-item').length >= 3")
+    page.locator("#txt2img_gallery .thumbnail-item").nth(2).click()        # grid, seed 900, seed 901
+    page.click("#save_txt2img")
+    page.wait_for_function("() => document.querySelector('#html_log_txt2img').innerText.includes('Saved:')")
+    folder = data_dir / "log" / "images"
+    saved = sorted(folder.glob("*.png"))
+    assert [f.name for f in saved] == ["00000-901-a green square.png"]
+    assert page.locator("#html_log_txt2img").inner_text().strip() == "Saved: 00000-901-a green square.png"
+    made = next((data_dir / "outputs" / "txt2img-images").rglob("*-901.png"))
+    with Image.open(saved[0]) as im, Image.open(made) as original:
+        assert im.info["parameters"] == original.info["parameters"] and "Seed: 901" in im.info["parameters"]
+        assert np.array_equal(np.asarray(im), np.asarray(original))
+    rows = list(csv.reader(io.StringIO((folder / "log.csv").read_text(encoding="utf-8"))))
+    assert rows[1][:4] == ["a green square", "901", "64", "64"] and rows[1][7] == saved[0].name
+    link = page.locator("#download_files_txt2img a").first
+    link.wait_for()
+    assert page.request.get(link.get_attribute("href")).body() == saved[0].read_bytes()
+    # the grid selected: 🗃️ saves all three and packs them
+    page.locator("#txt2img_gallery .thumbnail-item").nth(0).click()
+    page.click("#save_zip_txt2img")
+    page.wait_for_function("() => document.querySelector('#html_log_txt2img').innerText.includes('grid-0000')")
+    archive = next(folder.glob("*.zip"))
+    assert archive.name.endswith("_[tiny-sd1]_900-901.zip")
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["00001-900-a green square.png", "00002-901-a green square.png",
+                                        "grid-0000.png"]
+    zipped = page.locator('#download_files_txt2img a[download$=".zip"]')
+    zipped.wait_for()
+    assert page.request.get(zipped.get_attribute("href")).body() == archive.read_bytes()

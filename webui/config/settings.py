@@ -70,6 +70,10 @@ def _defs() -> dict[str, Setting]:
                                           "when not saving to a subdirectory)"),
         "save_images_add_number": s(True, "Add number to filename when saving"),
         "save_to_dirs": s(True, "Save images to a subdirectory"),
+        "use_save_to_dirs_for_ui": s(False, "When using \"Save\" button, save images to a subdirectory"),
+        "save_selected_only": s(True, "When using 'Save' button, only save a single selected image"),
+        "grid_zip_filename_pattern": s("", "Archive filename pattern (\"Zip\" button; "
+                                           "[datetime]_[[model_name]]_[seed]-[seed_last] when empty)"),
         "directories_filename_pattern": s("[date]", "Directory name pattern (\"/\" nests folders; "
                                               "[prompt_words] when empty)"),
         "directories_max_prompt_words": s(8, "Max prompt words for [prompt_words] pattern", minimum=1, maximum=20),
@@ -95,6 +99,7 @@ def _defs() -> dict[str, Setting]:
         "outdir_txt2img_grids": s("outputs/txt2img-grids", "Output directory for txt2img grids",
                                "Paths for saving"),
         "outdir_img2img_grids": s("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving"),
+        "outdir_save": s("log/images", "Directory for saving images using the Save button", "Paths for saving"),
         "outdir_init_images": s("outputs/init-images", "Directory for saving init images when using img2img",
                                 "Paths for saving"),
         "live_previews_enable": s(True, "Show live previews of the created image", "Live previews"),

@@ -310,19 +310,38 @@ def save_named(image: Image.Image, folder: Path, stem: str, infotext: str | None
                jpeg_quality: int = 95) -> Path:
     """Save as ``folder/<stem>.<fmt>`` (img2img batch outputs are named after their inputs); when that name is
     taken, ``<stem>_1``, ``<stem>_2``, ...: atomic, never overwriting. Returns the new file's path."""
+    return save_bytes(folder, stem, f".{fmt.lower()}", encode_image(image, infotext, fmt, jpeg_quality))
+
+
+def save_bytes(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Write ``data`` as ``folder/<stem><suffix>``, or ``<stem>_1<suffix>``, ... when the name is taken: atomic,
+    never overwriting. Returns the new file's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = sanitize_filename_part(stem) or "image"
-    temp = _write_temp(folder, encode_image(image, infotext, fmt, jpeg_quality))
+    temp = _write_temp(folder, data)
     try:
         with _folder_lock(folder):
             for n in range(10_000):
-                target = folder / f"{stem}{f'_{n}' if n else ''}.{fmt.lower()}"
+                target = folder / f"{stem}{f'_{n}' if n else ''}{suffix}"
                 if _place(temp, target):
                     return target
         raise FileExistsError(f"no free file name for {stem} in {folder}")
     finally:
         temp.unlink(missing_ok=True)
+
+
+def append_text(path: Path, text: str, header: str = "") -> None:
+    """Append ``text`` to a log file under its folder's lock (``header`` first when the file is new), flushed to
+    disk, so concurrent writers never interleave and earlier lines are never rewritten."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path.parent), open(path, "a", encoding="utf-8", newline="") as file:
+        if file.tell() == 0 and header:
+            file.write(header)
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _info_value(value: object) -> object:

@@ -10,6 +10,7 @@ from webui.core.errors import StudioError
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, Img2ImgRequest
 from webui.engine import samplers as engine_samplers
 from webui.engine.batch import BatchResult
+from webui.engine.exports import save_gallery
 from webui.engine.hires import hires_upscalers
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
@@ -143,18 +144,41 @@ class GenerationTab:
                 info = gr.HTML("", elem_id=f"html_info_{m}")
                 error = gr.HTML("", elem_id=f"{m}_error")
                 with gr.Row():
+                    save_button = gr.Button("💾", size="sm", elem_id=f"save_{m}", min_width=40,
+                                            elem_classes="tool-button")
+                    zip_button = gr.Button("🗃️", size="sm", elem_id=f"save_zip_{m}", min_width=40,
+                                           elem_classes="tool-button")
                     self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{m}_send_to_img2img")
                     self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{m}_send_to_inpaint")
                     # shown by wire_send_to_extras once the page has an Extras tab
                     self.send_extras = gr.Button("Send to extras", size="sm", elem_id=f"{m}_send_to_extras",
                                                  visible=False)
+                download_files = gr.File(None, file_count="multiple", interactive=False, show_label=False,
+                                         visible=False, elem_id=f"download_files_{m}")
+                html_log = gr.HTML("", elem_id=f"html_log_{m}")
         last_seed = gr.State(-1)
-        self.gallery, self.selected, self.infotexts = gallery, gr.State(0), gr.State([])
+        # selected: the gallery index the user clicked, -1 until then (a new result clears it, as A1111's)
+        self.gallery, self.selected, self.infotexts = gallery, gr.State(-1), gr.State([])
+        first_image = gr.State(0)   # the index of the first picture after any grid
 
         def on_select(evt: gr.SelectData) -> int:
             return evt.index
 
         gallery.select(on_select, None, self.selected, queue=False)
+        gallery.change(lambda: -1, None, self.selected, queue=False, show_progress="hidden")
+
+        def save(gallery_value, selected, infotexts, first, make_zip):
+            try:
+                saved = save_gallery(gallery_images(gallery_value), list(infotexts or []), int(selected),
+                                     make_zip=make_zip, opts=e.settings.as_dict(), data_dir=e.paths.data,
+                                     index_of_first_image=int(first or 0))
+            except (StudioError, OSError) as err:
+                return gr.File(visible=False), error_html(err)
+            return gr.File(value=[str(f) for f in saved.files], visible=True), info_html(saved.message)
+
+        save_inputs = [gallery, self.selected, self.infotexts, first_image]
+        save_button.click(lambda *a: save(*a, False), save_inputs, [download_files, html_log])
+        zip_button.click(lambda *a: save(*a, True), save_inputs, [download_files, html_log])
         self.fields = {"prompt": prompt, "negative_prompt": negative, "sampler_name": sampler,
                        "scheduler": schedule, "steps": steps, "width": width, "height": height,
                        "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
@@ -214,7 +238,7 @@ class GenerationTab:
                     job = (self.scripts.submit(req, save=save) if self.scripts is not None
                            else e.submit_txt2img(req, save=save))
             except (StudioError, ValueError, TypeError) as err:
-                yield gr.update(), gr.update(), "", error_html(err), gr.update(), gr.update()
+                yield gr.update(), gr.update(), "", error_html(err), gr.update(), gr.update(), gr.update()
                 return
             shown = -1
             while not job.done.wait(0.25):
@@ -223,21 +247,23 @@ class GenerationTab:
                 if p.preview is not None and p.preview_id != shown:
                     shown = p.preview_id
                     preview = [p.preview]
-                yield preview, progress_html(p.fraction, p.textinfo), gr.update(), "", gr.update(), gr.update()
+                yield (preview, progress_html(p.fraction, p.textinfo), gr.update(), "", gr.update(), gr.update(),
+                       gr.update())
             try:
                 result = job.wait()
             except Exception as err:  # noqa: BLE001 - shown to the user; the server keeps serving
-                yield gr.update(), "", "", error_html(err), gr.update(), gr.update()
+                yield gr.update(), "", "", error_html(err), gr.update(), gr.update(), gr.update()
                 return
             notes = ("\n" + "\n".join(result.notes)) if result.notes else ""
             if isinstance(result, BatchResult):
-                yield result.images, "", info_html(result.summary() + notes), "", gr.update(), result.infotexts
+                yield (result.images, "", info_html(result.summary() + notes), "", gr.update(), result.infotexts,
+                       0)
                 return
             text = result.infotexts[result.index_of_first_image] if result.infotexts else "Interrupted"
             yield (result.images, "", info_html(text + notes), "",
-                   result.seeds[0] if result.seeds else -1, result.infotexts)
+                   result.seeds[0] if result.seeds else -1, result.infotexts, result.index_of_first_image)
 
-        outputs = [gallery, progress, info, error, last_seed, self.infotexts]
+        outputs = [gallery, progress, info, error, last_seed, self.infotexts, first_image]
         generate.click(run, inputs, outputs,
                        concurrency_limit=None, show_progress="hidden")
         prompt.submit(run, inputs, outputs, concurrency_limit=None,
@@ -398,7 +424,7 @@ def reused_seed(infotexts: list, index, fallback, key: str) -> int:
     texts = list(infotexts or [])
     if not texts:
         return fallback
-    text = texts[min(int(index or 0), len(texts) - 1)] or ""
+    text = texts[min(max(int(index or 0), 0), len(texts) - 1)] or ""
     value = infotext_fmt.parse_infotext(text).get(key) if "Steps: " in text else None
     try:
         return int(float(value)) if value not in (None, "") else fallback
@@ -463,14 +489,9 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
     def pick(gallery, index, infotexts):
         if not gallery:
             return None, ""
-        index = min(int(index or 0), len(gallery) - 1)
-        item = gallery[index]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        if isinstance(image, str):
-            from PIL import Image
-            image = Image.open(image)
+        index = min(max(int(index or 0), 0), len(gallery) - 1)
         text = infotexts[index] if infotexts and index < len(infotexts) else ""
-        return image.convert("RGB"), text
+        return selected_image(gallery, index), text
 
     skipped = ("enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y",
                "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
@@ -496,15 +517,21 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
 
 
 def selected_image(gallery, index):
-    """The PIL image selected in a gallery value (None when the gallery is empty)."""
-    if not gallery:
-        return None
-    item = gallery[min(int(index or 0), len(gallery) - 1)]
-    image = item[0] if isinstance(item, (tuple, list)) else item
-    if isinstance(image, str):
-        from PIL import Image
-        image = Image.open(image)
-    return image.convert("RGB")
+    """The PIL image selected in a gallery value (the first when none is selected; None when it is empty)."""
+    images = gallery_images(gallery)
+    return images[min(max(int(index or 0), 0), len(images) - 1)].convert("RGB") if images else None
+
+
+def gallery_images(gallery) -> list:
+    """The PIL images of a gallery value (items are images or file paths, alone or with a caption)."""
+    from PIL import Image
+    out = []
+    for item in gallery or []:
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(image, dict):   # a FileData-like dict
+            image = image.get("path") or (image.get("image") or {}).get("path")
+        out.append(Image.open(image) if isinstance(image, str) else image)
+    return out
 
 
 def wire_send_to_extras(source: GenerationTab, image: gr.components.Component, tabs: gr.Tabs,

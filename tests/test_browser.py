@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from output_files import newest_new_png, pngs
+from page_helpers import pick_checkpoint
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -68,9 +69,7 @@ def generate(page, data_dir, prompt: str):
 
 def test_generate_in_browser_then_paste_back(page, data_dir, server):
     # pick the tiny SD1 model from the checkpoint dropdown at the top
-    page.click("#setting_sd_model_checkpoint input")
-    page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
-    page.wait_for_timeout(1500)
+    pick_checkpoint(page, "tiny-sd1.safetensors")
     for eid, v in (("txt2img_steps", 4), ("txt2img_width", 64), ("txt2img_height", 64),
                    ("txt2img_seed", 4242)):
         set_number(page, eid, v)
@@ -212,9 +211,7 @@ def test_send_to_img2img_carries_image_and_parameters(page, data_dir):
 
 
 def pick_tiny_sd1(page) -> None:
-    page.click("#setting_sd_model_checkpoint input")
-    page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
-    page.wait_for_timeout(1000)
+    pick_checkpoint(page, "tiny-sd1.safetensors")
 
 
 def paint_stroke(page, editor_id: str, image_path) -> None:
@@ -588,7 +585,7 @@ def test_save_and_zip_buttons_save_the_selected_image_or_all_and_offer_them_for_
     folder = data_dir / "log" / "images"
     saved = sorted(folder.glob("*.png"))
     assert [f.name for f in saved] == ["00000-901-a green square.png"]
-    assert page.locator("#html_log_txt2img").inner_text().strip() == "Saved: 00000-901-a green square.png"
+    assert page.locator("#html_log_txt2img .studio-info").inner_text().strip() == "Saved: 00000-901-a green square.png"
     made = next((data_dir / "outputs" / "txt2img-images").rglob("*-901.png"))
     with Image.open(saved[0]) as im, Image.open(made) as original:
         assert im.info["parameters"] == original.info["parameters"] and "Seed: 901" in im.info["parameters"]
@@ -610,3 +607,77 @@ def test_save_and_zip_buttons_save_the_selected_image_or_all_and_offer_them_for_
     zipped = page.locator('#download_files_txt2img a[download$=".zip"]')
     zipped.wait_for()
     assert page.request.get(zipped.get_attribute("href")).body() == archive.read_bytes()
+
+
+def test_upscale_button_runs_the_selected_picture_through_the_hires_fix(page, data_dir):
+    """A1111's ✨ on txt2img: the selected gallery picture, with its own seed, goes through the hires fix as the form
+    sets it (the first pass is that picture, not sampled again); the result takes its place in the gallery."""
+    page.get_by_role("tab", name="txt2img").first.click()
+    page.click("#txt2img_upscale")      # nothing generated on this page yet
+    page.wait_for_function("() => document.querySelector('#txt2img_error').innerText.includes('no image to upscale')")
+    pick_checkpoint(page, "shapes-tiny-v1.safetensors")
+    for eid, v in (("txt2img_steps", 10), ("txt2img_width", 128), ("txt2img_height", 128), ("txt2img_seed", 40),
+                   ("txt2img_batch_count", 2)):
+        set_number(page, eid, v)
+    # no colour or place named: the two seeds draw different pictures (mean difference about 40)
+    page.locator("#txt2img_prompt textarea").fill("a large circle")
+    folder = data_dir / "outputs" / "txt2img-images"
+    before = pngs(folder)
+    page.click("#txt2img_generate")
+    try:
+        page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Seed: 40')"
+                               " && document.querySelector('#txt2img_progress').innerText.trim() === ''",
+                               timeout=120_000)
+    finally:
+        set_number(page, "txt2img_batch_count", 1)
+    firsts = {int(f.stem.split("-")[-1]): f for f in pngs(folder) - before}
+    assert sorted(firsts) == [40, 41]
+    # the hires settings the ✨ job takes (its Enable box stays off): Lanczos, x2, a light second pass
+    page.locator("#txt2img_hr").get_by_text("Hires. fix").first.click()
+    page.locator("#txt2img_hr_upscaler input").click()
+    page.get_by_role("option", name="Lanczos", exact=True).first.click()
+    set_number(page, "txt2img_denoising_strength", 0.3)
+    set_number(page, "txt2img_seed", 999)           # ✨ takes the picture's own seed, not the form's
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_gallery .thumbnail-item').length === 3")
+    page.locator("#txt2img_gallery .thumbnail-item").nth(2).click()          # grid, seed 40, seed 41
+    before = pngs(folder)
+    page.click("#txt2img_upscale")
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('Hires upscale')"
+                           " && document.querySelector('#txt2img_progress').innerText.trim() === ''",
+                           timeout=120_000)
+    made = sorted(pngs(folder) - before)
+    assert len(made) == 1
+    with Image.open(made[0]) as im:
+        text = im.info["parameters"]
+        big = np.asarray(im.convert("RGB").resize((128, 128), Image.Resampling.BOX)).astype(float)
+        assert im.size == (256, 256)
+    assert "Seed: 41," in text and "Hires upscale: 2" in text and "Hires upscaler: Lanczos" in text
+    assert "Denoising strength: 0.3" in text
+    info = page.locator("#html_info_txt2img").inner_text()
+    assert "Seed: 41," in info and "Size: 128x128" in info
+    # it is the picture of seed 41 made larger, not a new one and not seed 40's
+    dist = {s: np.abs(big - np.asarray(Image.open(f).convert("RGB")).astype(float)).mean() for s, f in firsts.items()}
+    assert dist[41] < 12 and dist[41] < dist[40] / 2, (dist, text)
+    # the gallery keeps the grid and seed 40's picture; the third item is the 256-px result
+    widths = page.evaluate("() => [...document.querySelectorAll('#txt2img_gallery .thumbnail-lg img')]"
+                           ".map(img => img.naturalWidth)")
+    assert widths == [256, 128, 256]          # the grid (two 128-px pictures), seed 40's, the upscaled one
+    page.locator("#txt2img_gallery .thumbnail-item").nth(2).click()
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_function("() => document.querySelector('#img2img_seed input[type=number]')?.value === '41'")
+
+
+def test_a_page_opens_on_the_checkpoint_in_use_now(browser, server):
+    """The checkpoint dropdown shows the model in use when the page opens, not the one when the server started:
+    choosing the one it wrongly showed would otherwise change nothing."""
+    import requests
+    for name in ("tiny-sd1.safetensors", "shapes-tiny-v1.safetensors"):
+        r = requests.post(f"{server}/sdapi/v1/options", json={"sd_model_checkpoint": name}, timeout=120)
+        assert r.status_code == 200, r.text
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            pg.goto(server)
+            pg.wait_for_function("(n) => document.querySelector('#setting_sd_model_checkpoint input')?.value"
+                                 ".startsWith(n)", arg=name, timeout=60_000)
+        finally:
+            pg.close()

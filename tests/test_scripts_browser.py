@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from output_files import newest_new_png, pngs
+from page_helpers import pick_checkpoint
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,9 +25,7 @@ def page(server):
         pg.set_default_timeout(60_000)
         pg.goto(server)
         pg.wait_for_selector("#txt2img_prompt textarea")
-        pg.click("#setting_sd_model_checkpoint input")
-        pg.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
-        pg.wait_for_timeout(1500)
+        pick_checkpoint(pg, "tiny-sd1.safetensors")
         yield pg
         browser.close()
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from output_files import newest_new_png, pngs
+from page_helpers import pick_checkpoint
 from PIL import Image, ImageDraw
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,9 +77,7 @@ def test_sd_upscale_tab_runs_the_script(page, data_dir, tmp_path):
     page.get_by_role("tab", name="SD upscale", exact=True).click()
     page.locator("#sd_upscale_image input[type=file]").set_input_files(str(path))
     page.wait_for_timeout(1000)
-    page.click("#setting_sd_model_checkpoint input")
-    page.get_by_role("option", name="tiny-sd1.safetensors", exact=False).first.click()
-    page.wait_for_timeout(1500)
+    pick_checkpoint(page, "tiny-sd1.safetensors")
     for eid, v in (("sd_upscale_steps", 3), ("sd_upscale_width", 64), ("sd_upscale_height", 64),
                    ("sd_upscale_denoising_strength", 0), ("sd_upscale_overlap", 16), ("sd_upscale_seed", 7)):
         set_number(page, eid, v)

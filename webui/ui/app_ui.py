@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from gradio.context import Context
 
 from webui.core.errors import StudioError
 from webui.engine.processing import Engine
@@ -34,6 +35,8 @@ def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
             return ""
         try:
             info = models.find(title)
+            if info.title == current_title():   # the page opening shows the current one: nothing to load
+                return ""
             engine.jobs.run(lambda job: models.get(info.title), "load checkpoint")
             settings.update({"sd_model_checkpoint": info.title})
         except StudioError as e:
@@ -49,6 +52,10 @@ def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
 
     ckpt.change(choose, ckpt, status)
     refresh.click(do_refresh, None, [ckpt, status])
+    root = Context.root_block
+    if root is not None:   # each page opens on the checkpoint in use now (another page or the API may have changed it)
+        root.load(lambda: gr.Dropdown(choices=models.titles(), value=current_title()), None, ckpt, queue=False,
+                  show_progress="hidden")
     return ckpt
 
 

@@ -148,6 +148,8 @@ class GenerationTab:
                                             elem_classes="tool-button")
                     zip_button = gr.Button("🗃️", size="sm", elem_id=f"save_zip_{m}", min_width=40,
                                            elem_classes="tool-button")
+                    upscale_button = (gr.Button("✨", size="sm", elem_id=f"{m}_upscale", min_width=40,
+                                                elem_classes="tool-button") if m == "txt2img" else None)
                     self.send_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{m}_send_to_img2img")
                     self.send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{m}_send_to_inpaint")
                     # shown by wire_send_to_extras once the page has an Extras tab
@@ -177,8 +179,8 @@ class GenerationTab:
             return gr.File(value=[str(f) for f in saved.files], visible=True), info_html(saved.message)
 
         save_inputs = [gallery, self.selected, self.infotexts, first_image]
-        save_button.click(lambda *a: save(*a, False), save_inputs, [download_files, html_log])
-        zip_button.click(lambda *a: save(*a, True), save_inputs, [download_files, html_log])
+        save_button.click(lambda *a: save(*a, False), save_inputs, [download_files, html_log], show_progress="hidden")
+        zip_button.click(lambda *a: save(*a, True), save_inputs, [download_files, html_log], show_progress="hidden")
         self.fields = {"prompt": prompt, "negative_prompt": negative, "sampler_name": sampler,
                        "scheduler": schedule, "steps": steps, "width": width, "height": height,
                        "n_iter": batch_count, "batch_size": batch_size, "cfg_scale": cfg, "seed": seed,
@@ -200,6 +202,20 @@ class GenerationTab:
         inputs += script_inputs
 
         def run(*values):
+            yield from run_job(values)
+
+        def upscale(gallery_value, selected, infotexts, first, *values):
+            """A1111's ✨: the selected picture through the hires fix as the form now sets it, with its own seed;
+            the result takes its place in the gallery."""
+            shown, texts = gallery_images(gallery_value), list(infotexts or [])
+            index = max(int(selected), int(first or 0))
+            if not shown or index >= len(shown):
+                yield (gr.update(), gr.update(), gr.update(), error_html("there is no image to upscale: generate "
+                       "one first"), gr.update(), gr.update(), gr.update())
+                return
+            yield from run_job(values, (shown, index, texts))
+
+        def run_job(values, upscaling=None):
             kw = dict(zip(self.fields, values))
             init_values = values[len(self.fields):len(self.fields) + len(self.init_inputs)]
             script_values = values[len(values) - len(script_inputs):] if script_inputs else ()
@@ -226,6 +242,9 @@ class GenerationTab:
                 if self.controlnet is not None:
                     req.alwayson_scripts = {**(req.alwayson_scripts or {}),
                                             "controlnet": {"args": self.controlnet.units_for_request(list(cn_values))}}
+                if upscaling is not None:
+                    shown, index, texts = upscaling
+                    upscale_request(req, shown[index], texts[index] if index < len(texts) else "")
                 if m == "img2img" and init_values[0] == "batch":
                     job = e.submit_img2img_batch(req, *init_values[-3:])
                 elif m == "img2img":
@@ -260,12 +279,23 @@ class GenerationTab:
                        0)
                 return
             text = result.infotexts[result.index_of_first_image] if result.infotexts else "Interrupted"
+            if upscaling is not None and result.images:   # the upscaled picture replaces the one it came from
+                shown, index, texts = upscaling
+                texts = texts + [""] * (len(shown) - len(texts))
+                new = result.images[result.index_of_first_image:]
+                new_texts = result.infotexts[result.index_of_first_image:]
+                yield (shown[:index] + new + shown[index + 1:], "", info_html(text + notes), "", gr.update(),
+                       texts[:index] + new_texts + texts[index + 1:], gr.update())
+                return
             yield (result.images, "", info_html(text + notes), "",
                    result.seeds[0] if result.seeds else -1, result.infotexts, result.index_of_first_image)
 
         outputs = [gallery, progress, info, error, last_seed, self.infotexts, first_image]
         generate.click(run, inputs, outputs,
                        concurrency_limit=None, show_progress="hidden")
+        if upscale_button is not None:
+            upscale_button.click(upscale, [gallery, self.selected, self.infotexts, first_image, *inputs], outputs,
+                                 concurrency_limit=None, show_progress="hidden")
         prompt.submit(run, inputs, outputs, concurrency_limit=None,
                       show_progress="hidden")
         def count(text: str) -> str:
@@ -415,6 +445,25 @@ def scaled_size(image, scale) -> tuple[int, int]:
     """img2img's "Resize by": the input image's size times ``scale``, down to multiples of 8 (as A1111)."""
     w, h = int(image.width * float(scale)), int(image.height * float(scale))
     return max(8, w - w % 8), max(8, h - h % 8)
+
+
+def upscale_request(req: GenerationRequest, image, text: str) -> None:
+    """Turn a txt2img request into A1111's ✨ upscale of ``image``: one image, hires fix on, the picture (at its own
+    size) as the first pass, and the seed and variation seed its infotext records."""
+    import base64
+    import io
+
+    from webui.core import infotext as infotext_fmt
+    req.enable_hr, req.n_iter, req.batch_size = True, 1, 1
+    req.width, req.height = image.width, image.height   # the picture at its own size, whatever the form says now
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "PNG")
+    req.firstpass_image = base64.b64encode(buffer.getvalue()).decode()
+    params = infotext_fmt.parse_infotext(text) if "Steps: " in text else {}
+    for key, name in (("Seed", "seed"), ("Variation seed", "subseed")):
+        value = infotext_fmt.parse_number(params.get(key))
+        if value is not None:
+            setattr(req, name, int(value))
 
 
 def reused_seed(infotexts: list, index, fallback, key: str) -> int:

@@ -253,3 +253,34 @@ def test_txt2img_firstpass_image_stands_in_for_the_first_pass(engine):
     with pytest.raises(InvalidField) as e:
         engine.submit_txt2img(GenerationRequest(**base, firstpass_image="not an image"))
     assert e.value.field == "firstpass_image"
+
+
+def test_color_correction_keeps_the_colours_of_the_init_picture(engine):
+    """A1111's img2img_color_correction: a strong img2img towards other colours keeps the init picture's colours
+    (LAB chroma matched to its histogram, the result's own luminosity kept); save_images_before_color_correction
+    keeps the uncorrected picture beside it."""
+    import cv2
+
+    def chroma(im) -> np.ndarray:
+        return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2LAB).reshape(-1, 3)[:, 1:].mean(0)
+
+    init = scene("circle", "red", "left", "yellow")
+    want = chroma(init)
+    kw = dict(prompt="a large blue square on the right, green background", denoising_strength=0.75)
+    for seed in (1, 2, 3):
+        plain = run(engine, init, seed=seed, **kw)
+        req = Img2ImgRequest(prompt=kw["prompt"], steps=20, width=128, height=128, cfg_scale=7,
+                             sampler_name="Euler a", seed=seed, denoising_strength=0.75,
+                             override_settings={"sd_model_checkpoint": MODEL.name, "live_previews_enable": False,
+                                                "img2img_color_correction": True,
+                                                "save_images_before_color_correction": True})
+        res = engine.img2img(req, [init], None, save=True)
+        fixed = res.images[0]
+        off, on = np.abs(chroma(plain) - want).sum(), np.abs(chroma(fixed) - want).sum()
+        print(f"seed {seed}: chroma distance from the init {off:.1f} without correction, {on:.1f} with")
+        assert on < off / 2
+        before = [p for p in res.saved if p.stem.endswith("-before-color-correction")]
+        assert len(before) == 1 and len(res.saved) == 2
+        assert np.array_equal(arr(Image.open(before[0])), arr(plain))      # the same job, uncorrected
+        with Image.open(before[0]) as b:
+            assert b.info["parameters"] == res.infotexts[0]

@@ -71,3 +71,31 @@ def test_hires_bad_input(engine, kw, field):
         engine.submit_txt2img(GenerationRequest(prompt="x", steps=2, width=64, height=64, enable_hr=True,
                                                 override_settings=CKPT, **kw))
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_save_a_copy_before_highres_fix(engine, upscaler):
+    """A1111's save_images_before_highres_fix: the first pass is saved too ("-before-highres-fix"), with the
+    job's infotext, before the final image; the final image is the same as without the setting."""
+    opts = {**CKPT, "save_images_before_highres_fix": True}
+    kw = dict(prompt="a red circle", steps=6, width=64, height=64, seed=5, enable_hr=True, hr_scale=2,
+              hr_upscaler=upscaler, denoising_strength=0.3)
+    res = engine.txt2img(GenerationRequest(**kw, override_settings=opts), save=True)
+    assert [p.stem.endswith("-before-highres-fix") for p in res.saved] == [True, False]
+    with Image.open(res.saved[0]) as before:
+        assert before.size == (64, 64) and before.info["parameters"] == res.infotexts[0]
+        assert np.array_equal(arr(before), arr(run(engine).images[0]))      # the first pass as it was drawn
+    assert np.array_equal(arr(res.images[0]), arr(run(engine, **{k: v for k, v in kw.items() if k != "seed"})
+                                                  .images[0]))
+    given = engine.txt2img(GenerationRequest(**kw, override_settings=opts, firstpass_image=_b64(res.images[0]
+                                                                                                .resize((64, 64)))),
+                           save=True)
+    assert len(given.saved) == 1, "a given firstpass_image is not saved again"
+
+
+def _b64(im: Image.Image) -> str:
+    import base64
+    import io
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()

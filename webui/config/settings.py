@@ -48,6 +48,8 @@ def _defs() -> dict[str, Setting]:
         "rho": s(0.0, "Schedule rho (Karras; 0 = 7; higher: a steeper noise schedule)", "Sampler parameters",
                  minimum=0.0, maximum=100.0),
         "initial_noise_multiplier": s(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5),
+        "img2img_color_correction": s(False, "Apply color correction to img2img results to match original colors",
+                                      "img2img"),
         "img2img_extra_noise": s(0.0, "Extra noise multiplier for img2img and hires fix", "img2img",
                                  minimum=0.0, maximum=1.0),
         "sgm_noise_multiplier": s(False, "SGM noise multiplier: the start noise scaled by sqrt(1 + sigma^2), as SDXL's "
@@ -82,11 +84,18 @@ def _defs() -> dict[str, Setting]:
         "use_original_name_batch": s(True, "Use original name for output filename during batch process in extras "
                                            "tab"),
         "grid_save": s(True, "Always save all generated image grids"),
+        "save_images_before_color_correction": s(False, "Save a copy of image before applying color correction to "
+                                                        "img2img results"),
+        "save_images_before_highres_fix": s(False, "Save a copy of image before applying highres fix"),
         "save_incomplete_images": s(False, "Save incomplete images (interrupted or skipped)"),
         "save_init_img": s(False, "Save init images when using img2img (outdir_init_images, named by MD5)"),
         "save_mask": s(False, "For inpainting, save a copy of the greyscale mask (beside the image, \"-mask\")"),
         "grid_format": s("png", "File format for grids", choices=("png", "jpg", "jpeg", "webp")),
         "return_grid": s(True, "Show grid in gallery"),
+        "grid_only_if_multiple": s(True, "Do not save grids consisting of one picture"),
+        "grid_prevent_empty_spots": s(False, "Prevent empty spots in grid (when set to autodetect)"),
+        "n_rows": s(-1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size", minimum=-1,
+                    maximum=16),
         "jpeg_quality": s(80, "Quality for saved jpeg and webp images", minimum=1, maximum=100),
         "outdir_samples": s("", "Output directory for images; if empty, the per-tab folders below",
                                "Paths for saving"),

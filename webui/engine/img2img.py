@@ -15,6 +15,7 @@ from PIL import Image
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES
 from webui.engine import images as geo
 from webui.engine import sampling, saving
+from webui.engine.color_correction import apply_color_correction, correction_target
 
 
 @dataclass
@@ -92,9 +93,10 @@ class InitImages:
         return p
 
     def start(self, req, model, scheduler, plan: sampling.SamplingPlan, noise: torch.Tensor, indices: range,
-              mask_weight: float = 1.0):
+              mask_weight: float = 1.0, color_correction: bool = False):
         """(timesteps, start latents, finisher of decoded images). Sets the plan's after-step mask blend
-        (ordinary checkpoints) or its extra UNet input (inpainting checkpoints: mask + masked-image latents)."""
+        (ordinary checkpoints) or its extra UNet input (inpainting checkpoints: mask + masked-image latents).
+        The finisher returns (final images, the images before colour correction or None)."""
         pipe = model.pipe
         device = noise.device
         per_image = device.type == "cpu"
@@ -114,6 +116,8 @@ class InitImages:
             if req.inpainting_fill == 0:
                 work = [geo.fill_masked(im, work_mask) for im in work]
             latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:], req.mask_round).to(device)
+        # as A1111: each result is corrected towards the picture it was drawn from (the masked area's crop)
+        targets = [correction_target(im) for im in work] if color_correction else None
         pixels = sampling.to_tensor(work)
         init = sampling.encode(pipe.vae, pixels, per_image=per_image).to(device)
         if latent_mask is not None and req.inpainting_fill == 2:
@@ -139,9 +143,13 @@ class InitImages:
 
             plan.after_step.insert(0, blend)
 
-        def finish(generated: list) -> list:
+        def finish(generated: list) -> tuple[list, list | None]:
+            before = None
+            if targets is not None:
+                before = list(generated)
+                generated = [apply_color_correction(t, gen) for t, gen in zip(targets, generated)]
             if self.mask is None:
-                return generated
+                return generated, before
             out = []
             for base, gen in zip(bases, generated):
                 if regions is not None:
@@ -150,7 +158,7 @@ class InitImages:
                     pasted.paste(gen.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
                     gen = pasted
                 out.append(geo.composite(base, gen, soft))
-            return out
+            return out, before
 
         return timesteps, start, finish
 

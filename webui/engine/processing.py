@@ -421,6 +421,8 @@ class Engine:
         skipped: set[str] = set()   # why steps ran without the negative prompt (NGMS, Skip Early CFG)
         refiner_name = refiner.chosen(req.refiner_checkpoint)
         first_latent = None   # firstpass_image's latents, when the request gives one
+        # A1111's "save a copy of image before applying highres fix" (not of a given firstpass_image)
+        keep_first_pass = save and not req.do_not_save_samples and bool(opts.get("save_images_before_highres_fix"))
         refine_first, refine_second = refiner.refiner_passes(str(opts.get("hires_fix_refiner_pass")), bool(hires))
         images: list = []
         for n in range(req.n_iter):
@@ -453,7 +455,8 @@ class Engine:
             finish = None
             if init is not None:
                 timesteps, latents, finish = init.start(req, model, scheduler, plan, latents.to(device),
-                                                        range(sl.start, sl.stop), mask_weight)
+                                                        range(sl.start, sl.stop), mask_weight,
+                                                        bool(opts.get("img2img_color_correction")))
             else:
                 params.set_timesteps(scheduler, req.steps, device)
                 timesteps = scheduler.timesteps
@@ -469,7 +472,7 @@ class Engine:
                 plan.switch = others.switch(refiner_name, res, state, lambda enc, sl=sl: JobPrompts(
                     enc, prompts, negatives, req.steps).conditioning(sl, n_chunks))
             try:
-                first_images = None
+                first_images = before_hires = None
                 if hires is not None and hires.first_pass is not None:   # the request's image is the first pass
                     first_images = [hires.first_pass] * (sl.stop - sl.start)
                     if first_latent is None:   # encoded once for every batch
@@ -477,6 +480,10 @@ class Engine:
                     latents = first_latent.repeat(len(first_images), 1, 1, 1)
                 else:
                     latents = sampling.sample(unet, plan, latents, timesteps)
+                    if hires and keep_first_pass:   # decoded now for the copy, and reused by an image upscaler
+                        decoded_first, _ = sampling.decode(state["model"].pipe.vae, latents,
+                                                           per_image=device.type == "cpu")
+                        first_images = before_hires = sampling.to_pil(decoded_first)
                 if hires:
                     first_model, hr_unet, hr_cond = state["model"], unet, second.conditioning(sl, n_chunks)
                     hr_other = others.get(hires.checkpoint, "hr_checkpoint_name") \
@@ -510,9 +517,9 @@ class Engine:
                 res.notes.append("VAE produced NaN in half precision; decoded again in fp32 (use --no-half-vae)")
             if torch.isnan(decoded).any():
                 raise StudioError("the model produced NaN (a black image); try --precision full / --no-half")
-            batch_images = sampling.to_pil(decoded)
+            batch_images, before_cc = sampling.to_pil(decoded), None
             if finish is not None:
-                batch_images = finish(batch_images)
+                batch_images, before_cc = finish(batch_images)
             extra = {**params.infotext(scheduler), **params.skip_infotext(skipped),
                      **params.noise_infotext(init is not None, bool(hires)),
                      **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts),
@@ -541,6 +548,13 @@ class Engine:
                               "scheduler": label, "sampler_scheduler": sampler if label == "Automatic"
                               else f"{sampler} {label}",
                               "denoising": req.denoising_strength if (init is not None or hires) else None}
+                    if before_cc is not None and opts.get("save_images_before_color_correction"):
+                        res.saved.append(self._save(before_cc[j], text, seeds[i], req, model, opts,
+                                                    "outdir_img2img_samples", tokens,
+                                                    suffix="-before-color-correction"))
+                    if before_hires is not None:   # setting save_images_before_highres_fix
+                        res.saved.append(self._save(before_hires[j], text, seeds[i], req, model, opts,
+                                                    "outdir_txt2img_samples", tokens, suffix="-before-highres-fix"))
                     res.saved.append(self._save(image, text, seeds[i], req, model, opts,
                                                 "outdir_img2img_samples" if init else "outdir_txt2img_samples",
                                                 tokens))
@@ -550,9 +564,13 @@ class Engine:
                 res.interrupted = True
                 break
         res.images = images
-        grid_wanted = len(images) > 1 and (opts.get("return_grid") or opts.get("grid_save"))
+        # as A1111: a grid of one picture only with grid_only_if_multiple off
+        grid_wanted = (len(images) > 1 or (len(images) == 1 and not opts.get("grid_only_if_multiple", True))) \
+            and bool(opts.get("return_grid") or opts.get("grid_save"))
         if grid_wanted:
-            grid = saving.make_grid(images, batch_size=req.batch_size)
+            rows = int(opts.get("n_rows", -1))
+            grid = saving.make_grid(images, rows if rows >= 0 else None, batch_size=req.batch_size,
+                                    prevent_empty_spots=bool(opts.get("grid_prevent_empty_spots")))
             if save and opts.get("grid_save") and not req.do_not_save_grid:
                 res.saved.append(self.save_grid(grid, res.infotexts[0], opts, img2img=init is not None,
                                                  tokens={"seed": seeds[0], "prompt": prompts[0],
@@ -711,9 +729,10 @@ class Engine:
         return folder
 
     def _save(self, image, text: str, seed: int, req: GenerationRequest, model: LoadedModel, opts: dict,
-              folder_key: str = "outdir_txt2img_samples", tokens: dict | None = None) -> Path:
+              folder_key: str = "outdir_txt2img_samples", tokens: dict | None = None, suffix: str = "") -> Path:
         """Save one image as the settings say (file name pattern, sub-folders, format, infotext inside or not,
-        a .txt beside it); ``tokens``: the image's own values for the name (its prompt, batch number, ...)."""
+        a .txt beside it); ``tokens``: the image's own values for the name (its prompt, batch number, ...);
+        ``suffix`` goes after the pattern's name ("-before-highres-fix")."""
         tokens = {"seed": seed, "prompt": req.prompt, "prompt_no_styles": req.prompt,
                   "negative_prompt": req.negative_prompt, "steps": req.steps, "cfg": req.cfg_scale,
                   "styles": req.styles, "sampler": req.sampler_name, "model_name": Path(model.info.filename).stem,
@@ -726,7 +745,7 @@ class Engine:
         pattern = opts.get("samples_filename_pattern") or ("[seed]" if opts.get("save_to_dirs")
                                                            else "[seed]-[prompt_spaces]")
         path = saving.save_image(params.image, folder, params.pnginfo.get("parameters"), tokens=tokens,
-                                 pattern=str(pattern), fmt=_ext(opts.get("samples_format")),
+                                 pattern=str(pattern) + suffix, fmt=_ext(opts.get("samples_format")),
                                  jpeg_quality=int(opts.get("jpeg_quality", 80)),
                                  sidecar_txt=bool(opts.get("save_txt")),
                                  add_number=bool(opts.get("save_images_add_number", True)),

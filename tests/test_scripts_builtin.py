@@ -177,6 +177,22 @@ def test_loopback_feeds_outputs_back(engine, runner):
     assert np.abs(arr(second) - arr(loops[1])).max() <= 1                  # loop 2 = img2img of loop 1
 
 
+def test_loopback_corrects_every_loop_towards_the_first_picture(engine, runner):
+    """With img2img_color_correction, A1111's loopback corrects each loop towards the picture it started from, not
+    towards the loop before (which would let colours drift a little further each loop)."""
+    from webui.engine.color_correction import apply_color_correction, correction_target
+    src = picture(64, 64)
+    opts = {**CKPT, "img2img_color_correction": True}
+    res = runner.run(i2i(denoising_strength=0.6, script_name="loopback", script_args=[2, 0.4, "Linear", "None"],
+                         override_settings=opts), [src], save=False)
+    loops = res.images[res.index_of_first_image:]
+    raw = engine.img2img(i2i(denoising_strength=0.4, seed=6), [loops[0]], save=False).images[0]
+    towards_first = arr(apply_color_correction(correction_target(src), raw))
+    towards_previous = arr(apply_color_correction(correction_target(loops[0]), raw))
+    assert np.abs(towards_first - arr(loops[1])).max() <= 1
+    assert np.abs(towards_previous - arr(loops[1])).mean() > 2
+
+
 # -- outpainting ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("script, args", [
     ("Poor man's outpainting", [16, 2, 0, ["left", "right"]]),

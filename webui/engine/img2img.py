@@ -24,6 +24,7 @@ class InitImages:
     mask: Any                       # PIL or None; white = repaint
     denoise: float
     notes: list[str] = field(default_factory=list)
+    color_targets: list | None = None   # given correction targets (a script's), image i by target i
 
     def blur(self, req) -> tuple[int, int]:
         if req.mask_blur is not None:
@@ -116,8 +117,12 @@ class InitImages:
             if req.inpainting_fill == 0:
                 work = [geo.fill_masked(im, work_mask) for im in work]
             latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:], req.mask_round).to(device)
-        # as A1111: each result is corrected towards the picture it was drawn from (the masked area's crop)
-        targets = [correction_target(im) for im in work] if color_correction else None
+        # as A1111: each result is corrected towards the picture it was drawn from (the masked area's crop), or
+        # towards the targets a script gave (none past their count)
+        if self.color_targets is not None:
+            targets = [self.color_targets[i] if i < len(self.color_targets) else None for i in indices]
+        else:
+            targets = [correction_target(im) for im in work] if color_correction else None
         pixels = sampling.to_tensor(work)
         init = sampling.encode(pipe.vae, pixels, per_image=per_image).to(device)
         if latent_mask is not None and req.inpainting_fill == 2:
@@ -147,7 +152,7 @@ class InitImages:
             before = None
             if targets is not None:
                 before = list(generated)
-                generated = [apply_color_correction(t, gen) for t, gen in zip(targets, generated)]
+                generated = [gen if t is None else apply_color_correction(t, gen) for t, gen in zip(targets, generated)]
             if self.mask is None:
                 return generated, before
             out = []

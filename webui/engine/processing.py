@@ -201,12 +201,15 @@ class Engine:
         return self.jobs.submit(lambda job: batch.run_batch(self, job, req, folders), "img2img batch")
 
     def run_in_job(self, job: Job, req: GenerationRequest, images: list | None = None, mask=None, *,
-                   save: bool = True, hooks: JobHooks | None = None) -> GenerationResult:
+                   save: bool = True, hooks: JobHooks | None = None,
+                   color_corrections: list | None = None) -> GenerationResult:
         """Run one request inside a job that is already running (scripts: many runs in one job).
-        img2img when ``images`` is given. Checks the request first, as the submit_* methods do."""
+        img2img when ``images`` is given, its result i colour-corrected towards ``color_corrections[i]`` when
+        given (loopback: towards the first picture). Checks the request first, as the submit_* methods do."""
         opts, sampler, schedule = self.prepare(req)
         if images is not None:
             init = self.init_images(req, images, mask, opts)   # type: ignore[arg-type]
+            init.color_targets = color_corrections
             return self._txt2img(job, req, opts, sampler, schedule, save, None, init, hooks)
         hires = self.hires_plan(req, opts, sampler, schedule)
         return self._txt2img(job, req, opts, sampler, schedule, save, hires, None, hooks)

@@ -65,9 +65,11 @@ from webui.extensions.processing import (
     StableDiffusionProcessing,
     StableDiffusionProcessingImg2Img,
     StableDiffusionProcessingTxt2Img,
+    apply_color_correction,
     fix_seed,
     process_images,
     save_grid,
+    setup_color_correction,
 )
 from webui.extensions.runner import ScriptRegistry, ScriptRunner
 from webui.extensions.script import AlwaysVisible, PostprocessImageArgs, Script
@@ -77,5 +79,6 @@ __all__ = [
     "on_cfg_denoiser", "on_image_saved", "on_model_loaded", "on_ui_settings", "on_ui_tabs",
     "AlwaysVisible", "BadRequest", "InvalidField", "PostprocessImageArgs", "Processed", "Script",
     "ScriptRegistry", "ScriptRunner", "StableDiffusionProcessing", "StableDiffusionProcessingImg2Img",
-    "StableDiffusionProcessingTxt2Img", "StudioError", "fix_seed", "process_images", "save_grid",
+    "StableDiffusionProcessingTxt2Img", "StudioError", "apply_color_correction", "fix_seed", "process_images",
+    "save_grid", "setup_color_correction",
 ]

@@ -19,6 +19,8 @@ from typing import Any
 
 from webui.core.errors import StudioError
 from webui.core.request import GenerationRequest, Img2ImgRequest, resolve_seed
+from webui.engine.color_correction import apply_color_correction as apply_color_correction  # A1111's name
+from webui.engine.color_correction import correction_target
 from webui.engine.hooks import JobHooks
 from webui.engine.processing import Engine, GenerationResult, job_seeds
 from webui.extensions.script import PostprocessImageArgs
@@ -72,6 +74,9 @@ class StableDiffusionProcessing:
         self.script_args: tuple = ()
         self.init_images: list = []
         self.image_mask: Any = None
+        # A1111's: colour-correction targets (setup_color_correction) the results are corrected towards, image i
+        # by target i; None: the setting img2img_color_correction corrects towards each init image
+        self.color_corrections: list | None = None
         self._run: RunContext | None = None
         for key, value in fields.items():
             setattr(self, key, value)
@@ -317,6 +322,11 @@ class _ScriptHooks(JobHooks):
         return {k: v for k, v in self.p.extra_generation_params.items() if v is not None and not callable(v)}
 
 
+def setup_color_correction(image) -> Any:
+    """A1111's name: the colour-correction target of a picture (for ``p.color_corrections``)."""
+    return correction_target(image)
+
+
 def fix_seed(p: StableDiffusionProcessing) -> None:
     """Replace -1 (random) seeds by the drawn numbers, so copies of p share them (A1111's fix_seed)."""
     p.seed = resolve_seed(p.seed) if not isinstance(p.seed, list) else p.seed
@@ -338,7 +348,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     images = [im.convert("RGB") for im in p.init_images] if p.is_img2img else None
     save = run.save and not getattr(p, "do_not_save_samples", False)
     res = run.engine.run_in_job(run.job, req, images, p.image_mask if p.is_img2img else None, save=save,
-                                hooks=_ScriptHooks(p))
+                                hooks=_ScriptHooks(p),
+                                color_corrections=p.color_corrections if p.is_img2img else None)
     run.runs += 1
     run.saved.extend(res.saved)
     processed = Processed.from_result(p, res)

@@ -15,7 +15,7 @@ import math
 
 from webui.core.errors import InvalidField
 from webui.engine.saving import make_grid
-from webui.extensions.api import Processed, Script, fix_seed, process_images, save_grid
+from webui.extensions.api import Processed, Script, fix_seed, process_images, save_grid, setup_color_correction
 
 TITLE = "Loopback"
 CURVES = ("Aggressive", "Linear", "Lazy")
@@ -82,6 +82,10 @@ class Loopback(Script):
         first = None
         seed = p.seed
         total = loops * batches
+        # as A1111's loopback: with colour correction on, every loop is corrected towards the first picture, so the
+        # colours cannot drift a little further each loop
+        if p.opts.get("img2img_color_correction") and p.init_images:
+            p.color_corrections = [setup_color_correction(p.init_images[0])]
         for n in range(batches):
             image = p.init_images[0] if p.init_images else None
             fill = p.inpainting_fill

@@ -96,3 +96,32 @@ def test_sd_upscale_tab_runs_the_script(page, data_dir, tmp_path):
         # denoising 0: the plain Lanczos upscale
         expected = im.resize((64, 64), Image.Resampling.LANCZOS)
         assert np.array_equal(np.asarray(out.convert("RGB")), np.asarray(expected))
+
+
+def test_extras_tab_flipped_copies_and_split(page, data_dir, tmp_path):
+    """Extras' "Create flipped copies" and "Split oversized images" from the tab: the copies and pieces are shown
+    and saved."""
+    im = Image.new("RGB", (60, 180), (20, 60, 200))
+    ImageDraw.Draw(im).rectangle((0, 0, 59, 59), fill=(230, 30, 30))
+    path = tmp_path / "tall.png"
+    im.save(path)
+    page.get_by_role("tab", name="Extras", exact=True).click()
+    page.locator("#extras_image input[type=file]").set_input_files(str(path))
+    page.wait_for_timeout(1000)
+    page.get_by_role("tab", name="Scale to").click()
+    set_number(page, "extras_upscaling_resize_w", 64)
+    set_number(page, "extras_upscaling_resize_h", 64)
+    choose(page, "extras_upscaler_1", "Lanczos")
+    page.locator("#extras_split_oversized").get_by_text("Split oversized images").first.click()
+    page.locator("#extras_split_enable input").check()
+    page.locator("#extras_flipped_copies").get_by_text("Create flipped copies").first.click()
+    page.locator("#extras_flip_enable input").check()
+    before = pngs(data_dir / "outputs" / "extras-images")
+    page.click("#extras_generate")
+    page.wait_for_function("() => (document.querySelector('#html_info_extras') || {innerText: ''})"
+                           ".innerText.includes('Postprocess split: 4')", timeout=120_000)
+    made = sorted(pngs(data_dir / "outputs" / "extras-images") - before)
+    assert len(made) == 8                       # 4 pieces (192 px long at 64 wide), each with its mirror
+    first, mirror = (np.asarray(Image.open(f).convert("RGB")).astype(int) for f in made[:2])
+    assert first.shape == (64, 64, 3) and first[..., 0].mean() > 150          # the top piece is the red one
+    assert np.array_equal(mirror, first[:, ::-1])

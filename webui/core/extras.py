@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXTRAS_RESIZE_MODES = ("Scale by", "Scale to")
+FLIPS = ("Horizontal", "Vertical", "Both")
 
 
 @dataclass
@@ -24,6 +25,11 @@ class ExtrasRequest:
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
     upscale_first: bool = False
+    # A1111's Extras options for preparing training pictures (the tab's; also accepted by the API here)
+    split_oversized: bool = False           # "Split oversized images" (needs "Scale to")
+    split_threshold: float = 0.5            # split when short/long, against the target's, is below this
+    split_overlap_ratio: float = 0.2
+    flipped_copies: list[str] = field(default_factory=list)   # "Create flipped copies": Horizontal, Vertical, Both
 
 
 @dataclass

@@ -8,6 +8,7 @@ is saved as NNNNN-<original name>.png.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image, ImageOps
 
 from webui.core import infotext as infotext_fmt
 from webui.core.errors import InvalidField
-from webui.core.extras import ExtrasRequest, extras_params
+from webui.core.extras import FLIPS, ExtrasRequest, extras_params
 from webui.engine import saving, upscaling
 from webui.engine.jobs import Job
 
@@ -77,6 +78,16 @@ def plan_extras(models, req: ExtrasRequest, images: list, max_side: int) -> Extr
             if not isinstance(v, int) or not 1 <= v <= max_side:
                 raise InvalidField(name, f"{name} must be a whole number from 1 to {max_side} "
                                          f"(setting upscale_max_side), got {v!r}")
+    bad = [f for f in req.flipped_copies or [] if f not in FLIPS]
+    if bad:
+        raise InvalidField("flipped_copies", f"unknown flip {bad[0]!r}; valid: {', '.join(FLIPS)}")
+    if not 0.0 <= float(req.split_threshold) <= 1.0:
+        raise InvalidField("split_threshold", "split_threshold must be between 0 and 1")
+    if not 0.0 <= float(req.split_overlap_ratio) <= 0.9:
+        raise InvalidField("split_overlap_ratio", "split_overlap_ratio must be between 0 and 0.9")
+    if req.split_oversized and req.resize_mode != 1:
+        raise InvalidField("split_oversized", "splitting oversized images cuts pieces of the \"Scale to\" size: "
+                                              "use resize_mode 1 (Scale to)")
     u1 = upscaling.check_upscaler(models, req.upscaler_1, "upscaler_1")
     u2 = upscaling.check_upscaler(models, req.upscaler_2, "upscaler_2")
     plan = ExtrasPlan(u1, u2 if u2 != "None" and req.extras_upscaler_2_visibility > 0 else None,
@@ -88,6 +99,10 @@ def plan_extras(models, req: ExtrasRequest, images: list, max_side: int) -> Extr
         if size is None:
             continue   # an unreadable file of a folder batch: reported and skipped when its turn comes
         (w, h), _ = plan.sizes(req, *size)
+        cut = split_boxes(*size, req.upscaling_resize_w, req.upscaling_resize_h, float(req.split_threshold),
+                          float(req.split_overlap_ratio)) if req.split_oversized else None
+        if cut is not None:
+            w, h = cut[0]
         if max(w, h) > max_side:
             field_name = "upscaling_resize" if req.resize_mode == 0 else "upscaling_resize_w"
             raise InvalidField(field_name, f"image {i + 1} ({size[0]}x{size[1]}) would become {w}x{h}, larger "
@@ -118,6 +133,74 @@ def upscale_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan
                 ) -> tuple[Image.Image, str]:
     """One source image upscaled as the request says, and its "Postprocess ..." line."""
     size, crop = plan.sizes(req, image.width, image.height)
+    out = _upscale_exact(models, image, size, plan, opts, check)
+    if crop is not None and plan.upscaler_1 != "None" and out.size != crop:
+        left, top = (out.width - crop[0]) // 2, (out.height - crop[1]) // 2
+        out = out.crop((left, top, left + crop[0], top + crop[1]))
+    else:
+        crop = None
+    params = extras_params(req, plan.upscaler_1, plan.upscaler_2, crop)
+    return out, infotext_fmt.format_params(params)
+
+
+def split_boxes(width: int, height: int, target_w: int, target_h: int, threshold: float, overlap: float
+                ) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]] | None:
+    """A1111's "Split oversized images": None when the picture is not much longer than the target's shape (its
+    proportions against the target's at or above ``threshold``), else the size to scale it to (its short side
+    the target's) and the target-sized windows along its long side, evenly spread from end to end with at least
+    ``overlap`` of a window shared by neighbours."""
+    tall = height > width   # as A1111: a portrait picture is cut across, a landscape one along
+    ratio = (width * target_h) / (height * target_w) if tall else (height * target_w) / (width * target_h)
+    if ratio >= 1.0 or ratio > threshold:
+        return None
+    if tall:
+        scaled, window = (target_w, max(target_h, round(height * target_w / width))), target_h
+    else:
+        scaled, window = (max(target_w, round(width * target_h / height)), target_h), target_w
+    length = scaled[1] if tall else scaled[0]
+    count = max(2, math.ceil((length - window * overlap) / (window * (1.0 - overlap))))
+    step = (length - window) / (count - 1)
+    starts = [round(step * i) for i in range(count)]
+    boxes = [(0, s, target_w, s + target_h) if tall else (s, 0, s + target_w, target_h) for s in starts]
+    return scaled, boxes
+
+
+def flipped(image: Image.Image, options: list[str]) -> list[Image.Image]:
+    """A1111's "Create flipped copies": the mirrored (Horizontal), upside-down (Vertical) and both (Both) copies."""
+    out = []
+    if "Horizontal" in options:
+        out.append(ImageOps.mirror(image))
+    if "Vertical" in options:
+        out.append(ImageOps.flip(image))
+    if "Both" in options:
+        out.append(ImageOps.flip(ImageOps.mirror(image)))
+    return out
+
+
+def postprocess_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan, opts: dict, check=None
+                    ) -> list[tuple[Image.Image, str]]:
+    """Every output of one source: upscaled (or, with "Split oversized images", scaled by the upscaler and cut
+    into target-sized pieces), each followed by its flipped copies; with each one's "Postprocess ..." line."""
+    cut = split_boxes(image.width, image.height, req.upscaling_resize_w, req.upscaling_resize_h,
+                      float(req.split_threshold), float(req.split_overlap_ratio)) \
+        if req.split_oversized and req.resize_mode == 1 else None
+    if cut is None:
+        outs = [upscale_one(models, image, req, plan, opts, check)]
+    else:
+        scaled, boxes = cut
+        big = _upscale_exact(models, image, scaled, plan, opts, check)
+        params = {**extras_params(req, plan.upscaler_1, plan.upscaler_2, None), "Postprocess split": len(boxes)}
+        outs = [(big.crop(box), infotext_fmt.format_params(params)) for box in boxes]
+    result = []
+    for out, line in outs:
+        result.append((out, line))
+        result += [(copy, line) for copy in flipped(out, list(req.flipped_copies or []))]
+    return result
+
+
+def _upscale_exact(models, image: Image.Image, size: tuple[int, int], plan: ExtrasPlan, opts: dict, check=None
+                   ) -> Image.Image:
+    """``image`` at ``size`` by upscaler 1 (blended with upscaler 2), its transparency kept."""
     source = image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
     alpha = source.getchannel("A") if source.mode == "RGBA" else None
     rgb = source.convert("RGB")
@@ -130,13 +213,7 @@ def upscale_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan
         alpha = alpha.resize(out.size, Image.Resampling.LANCZOS)
     if alpha is not None:
         out.putalpha(alpha)
-    if crop is not None and plan.upscaler_1 != "None" and out.size != crop:
-        left, top = (out.width - crop[0]) // 2, (out.height - crop[1]) // 2
-        out = out.crop((left, top, left + crop[0], top + crop[1]))
-    else:
-        crop = None
-    params = extras_params(req, plan.upscaler_1, plan.upscaler_2, crop)
-    return out, infotext_fmt.format_params(params)
+    return out
 
 
 def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Image.Image | Path]], plan: ExtrasPlan,
@@ -166,24 +243,25 @@ def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Ima
             res.notes.append(f"{name or item}: skipped, not a readable image ({type(e).__name__})")
             continue
         try:
-            out, line = upscale_one(models, image, req, plan, opts, check)
+            outputs = postprocess_one(models, image, req, plan, opts, check)
         except _Stop:
             res.interrupted = True
             break
         res.processed += 1
-        if show_limit is None or len(res.images) < show_limit:   # a folder batch keeps only what it shows
-            res.images.append(out)
-            res.infotexts.append(line)
-            res.names.append(name)
-        if save_dir is not None:
-            source_text, chunks = saving.read_infotext(image)
-            keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
-            stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
-            fmt = str(opts.get("samples_format") or "png").lower()
-            # a kept name is the file's own ("photo.png", then "photo_1.png": never overwriting), as A1111
-            res.saved.append(saving.save_image(out, save_dir, source_text, pattern=stem, fmt=fmt,
-                                               jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                                               extra_info={**keep, "extras": line}, add_number=not stem))
+        source_text, chunks = saving.read_infotext(image) if save_dir is not None else (None, {})
+        for out, line in outputs:
+            if show_limit is None or len(res.images) < show_limit:   # a folder batch keeps only what it shows
+                res.images.append(out)
+                res.infotexts.append(line)
+                res.names.append(name)
+            if save_dir is not None:
+                keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
+                stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
+                fmt = str(opts.get("samples_format") or "png").lower()
+                # a kept name is the file's own ("photo.png", then "photo_1.png": never overwriting), as A1111
+                res.saved.append(saving.save_image(out, save_dir, source_text, pattern=stem, fmt=fmt,
+                                                   jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                                   extra_info={**keep, "extras": line}, add_number=not stem))
     job.progress.job_no = len(images)
     if res.interrupted:
         res.notes.append(f"interrupted: {res.processed} of {len(images)} images done")

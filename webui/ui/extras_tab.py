@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.core.errors import InvalidField, StudioError
-from webui.core.extras import ExtrasRequest
+from webui.core.extras import FLIPS, ExtrasRequest
 from webui.engine import batch as batch_files
 from webui.engine import extras as extras_engine
 from webui.engine.processing import Engine
@@ -66,6 +66,19 @@ class ExtrasTab:
                     up2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
                     vis2 = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                      elem_id="extras_upscaler_2_visibility")
+                # A1111's options for preparing training pictures
+                with gr.Accordion("Split oversized images", open=False, elem_id="extras_split_oversized"):
+                    split = gr.Checkbox(False, label="Split oversized images into pieces of the \"Scale to\" size",
+                                        elem_id="extras_split_enable")
+                    with gr.Row():
+                        split_threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Threshold",
+                                                    elem_id="postprocess_split_threshold")
+                        split_overlap = gr.Slider(0.0, 0.9, value=0.2, step=0.05, label="Overlap ratio",
+                                                  elem_id="postprocess_overlap_ratio")
+                with gr.Accordion("Create flipped copies", open=False, elem_id="extras_flipped_copies"):
+                    flip = gr.Checkbox(False, label="Create flipped copies", elem_id="extras_flip_enable")
+                    flip_options = gr.CheckboxGroup(list(FLIPS), value=["Horizontal"], label="Flips",
+                                                    elem_id="extras_flip_options")
             with gr.Column():
                 progress = gr.HTML("", elem_id="extras_progress")
                 gallery = gr.Gallery(label="Result", elem_id="extras_gallery", columns=3, height="auto",
@@ -80,18 +93,20 @@ class ExtrasTab:
 
         refresh.click(do_refresh, None, [up1, up2], queue=False)
         inputs = [mode, self.image, files, input_dir, output_dir, show, resize_mode, resize, width, height, crop,
-                  up1, up2, vis2]
+                  up1, up2, vis2, split, split_threshold, split_overlap, flip, flip_options]
         generate.click(self.run, inputs, [gallery, progress, info, error], concurrency_limit=None,
                        show_progress="hidden")
 
     def run(self, mode, image, files, input_dir, output_dir, show, resize_mode, resize, width, height, crop, up1,
-            up2, vis2):
+            up2, vis2, split=False, split_threshold=0.5, split_overlap=0.2, flip=False, flip_options=()):
         e = self.engine
         try:
             req = ExtrasRequest(resize_mode=int(resize_mode), upscaling_resize=float(resize),
                                 upscaling_resize_w=int(width), upscaling_resize_h=int(height),
                                 upscaling_crop=bool(crop), upscaler_1=up1 or "None", upscaler_2=up2 or "None",
-                                extras_upscaler_2_visibility=float(vis2))
+                                extras_upscaler_2_visibility=float(vis2), split_oversized=bool(split),
+                                split_threshold=float(split_threshold), split_overlap_ratio=float(split_overlap),
+                                flipped_copies=list(flip_options or []) if flip else [])
             out_dir, limit = None, None
             if mode == "batch":
                 paths = [Path(f if isinstance(f, str) else f.name) for f in (files or [])]

@@ -258,6 +258,14 @@ def test_malformed_json_and_base64(server):
     assert r.status_code == 422 and "not an image" in r.json()["detail"]
     r = post(server, "/sdapi/v1/options", {"sd_model_checkpoint": "missing-model"})
     assert r.status_code == 404 and "tiny-sd1" in r.json()["detail"]
+    # interrogate: the request is checked as A1111's, then a clear 501 (no caption models offline)
+    png = txt2img(server, seed=3)["images"][0]
+    r = post(server, "/sdapi/v1/interrogate", {"image": png, "model": "blip2"})
+    assert r.status_code == 404 and "deepdanbooru" in r.json()["detail"]
+    r = post(server, "/sdapi/v1/interrogate", {"image": "%%%", "model": "clip"})
+    assert r.status_code == 422 and "base64" in r.json()["detail"]
+    r = post(server, "/sdapi/v1/interrogate", {"image": png})
+    assert r.status_code == 501 and "cannot be downloaded" in r.json()["detail"]
     r = post(server, "/sdapi/v1/options", {"samples_format": "bmp"})
     assert r.status_code == 422 and "png" in r.json()["detail"]
     assert txt2img(server, seed=2)["images"]

@@ -164,6 +164,17 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     page.locator("#txt2img_lora_cards").get_by_text("cardtest").click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
                            " === 'a red circle <lora:cardtest:1>'")
+    # a checkpoint card switches the server's checkpoint and the dropdown at the top
+    import httpx
+    current = httpx.get(server + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"]
+    other = "tiny-sd1.safetensors" if "tiny-sd1." not in current else "shapes-tiny-v1.safetensors"
+    page.get_by_role("tab", name="Checkpoints").first.click()
+    page.locator("#txt2img_checkpoints_cards").get_by_text(other).first.click()
+    deadline = time.time() + 60
+    while other not in httpx.get(server + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"]:
+        assert time.time() < deadline, "the checkpoint card did not switch the model"
+        time.sleep(0.2)
+    assert page.locator("#setting_sd_model_checkpoint input").input_value().startswith(other)
 
 
 def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
@@ -681,3 +692,43 @@ def test_a_page_opens_on_the_checkpoint_in_use_now(browser, server):
                                  ".startsWith(n)", arg=name, timeout=60_000)
         finally:
             pg.close()
+
+
+def test_copy_image_to_another_img2img_sub_tab(page, data_dir, server, tmp_path):
+    """A1111's "Copy image to:" row: the picture goes to the chosen sub-tab, which opens, and a job from there uses
+    it: a stroke painted over the copied picture in Inpaint is the mask, and outside it the picture comes back."""
+    import httpx
+    from PIL import ImageDraw
+    src = Image.new("RGB", (64, 64), (35, 70, 220))
+    ImageDraw.Draw(src).rectangle((8, 8, 30, 30), fill=(240, 200, 30))
+    src.save(tmp_path / "src.png")
+    opts = {"save_init_img": True, "save_mask": True}
+    assert httpx.post(server + "/sdapi/v1/options", json=opts, timeout=60).status_code == 200
+    try:
+        pick_tiny_sd1(page)
+        page.get_by_role("tab", name="img2img").first.click()
+        page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "src.png"))
+        page.wait_for_function("() => document.querySelector('#img2img_image img') !== null")
+        page.click("#img2img_copy_img2img_to_inpaint")
+        page.wait_for_function("() => document.querySelector('#img2img_inpaint_tab-button')"
+                               ".getAttribute('aria-selected') === 'true'")
+        page.wait_for_function("() => document.querySelector('#img2maskimg button[aria-label=\"Brush Size\"]')"
+                               " !== null")
+        page.wait_for_timeout(500)
+        box = page.locator("#img2maskimg canvas").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 40, cy)
+        page.mouse.down()
+        for k in range(1, 3):
+            page.mouse.move(cx - 40 + k * 40, cy)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+        page.locator("#img2img_prompt textarea").fill("a red blob")
+        out, mask_file, _ = generate_img2img(page, data_dir, 21, img2img_mask_blur=0, img2img_denoising_strength=0.9)
+        assert mask_file is not None, "the job did not run as inpaint"
+        mask = np.asarray(Image.open(mask_file).convert("L")) > 127
+        assert mask[32, 28:36].all() and not mask[0].any()
+        got, want = np.asarray(Image.open(out).convert("RGB")).astype(int), np.asarray(src).astype(int)
+        assert np.array_equal(got[~mask], want[~mask])
+    finally:
+        httpx.post(server + "/sdapi/v1/options", json={"save_init_img": False, "save_mask": False}, timeout=60)

@@ -23,7 +23,7 @@ from webui.api.models import (
 )
 from webui.core import infotext as infotext_fmt
 from webui.core import samplers as core_samplers
-from webui.core.errors import BadRequest, InvalidField, StudioError
+from webui.core.errors import BadRequest, InvalidField, NotAvailable, NotFound, StudioError
 from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import Img2ImgRequest, fields_from_infotext
 from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
@@ -38,6 +38,11 @@ from webui.models.lora import relink_loras
 
 class PngInfoRequest(BaseModel):
     image: str = ""
+
+
+class InterrogateRequest(BaseModel):
+    image: str = ""
+    model: str = "clip"
 
 
 def encode_png(image: Image.Image, text: str | None) -> str:
@@ -264,6 +269,16 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     @r.get("/face-restorers")
     def face_restorers():
         return []
+
+    @r.post("/interrogate")
+    def interrogate(body: InterrogateRequest):
+        """A1111's image captioning. Its models (BLIP + CLIP, DeepDanbooru) are downloads, so after checking the
+        request as A1111 does this answers 501 with the reason, not a caption."""
+        if body.model not in ("clip", "deepdanbooru"):
+            raise NotFound(f"interrogate model {body.model!r} not found; A1111's are 'clip' and 'deepdanbooru'")
+        decode_image(body.image, "image")
+        raise NotAvailable(f"interrogation with {body.model!r} is not available in this studio: its model weights "
+                           "(BLIP and CLIP, or DeepDanbooru) cannot be downloaded here")
 
     @r.post("/extra-single-image")
     def extra_single_image(body: ExtrasSingleImageApiRequest):

@@ -71,6 +71,12 @@ class Interrupted(StudioError):
     status_code = 409
 
 
+class NotAvailable(StudioError):
+    """A feature of A1111's that this studio cannot offer (its model weights cannot be had offline)."""
+
+    status_code = 501
+
+
 class OutOfMemory(StudioError):
     """The job needed more memory than the device (or RAM) had; the next job runs as usual."""
 

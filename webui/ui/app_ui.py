@@ -1,6 +1,8 @@
 """The whole page: the checkpoint picker on top, then one tab per feature."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -15,7 +17,15 @@ from webui.ui.common import error_html
 from webui.ui.generation_tab import GenerationTab, wire_send_to, wire_send_to_extras
 
 
-def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
+@dataclass
+class CheckpointBar:
+    """The checkpoint dropdown at the top, its status line, and the switch a user's choice runs."""
+    dropdown: gr.Dropdown
+    status: gr.HTML
+    choose: Callable[[str], str]
+
+
+def _checkpoint_bar(engine: Engine) -> CheckpointBar:
     models, settings = engine.models, engine.settings
 
     def current_title() -> str | None:
@@ -50,13 +60,14 @@ def _checkpoint_bar(engine: Engine) -> gr.Dropdown:
                            for c in models.checkpoints if c.error)
         return gr.Dropdown(choices=models.titles(), value=current_title()), unusable
 
-    ckpt.change(choose, ckpt, status)
+    # a user's choice switches (input: the page's own updates below must never switch the server back)
+    ckpt.input(choose, ckpt, status)
     refresh.click(do_refresh, None, [ckpt, status])
     root = Context.root_block
     if root is not None:   # each page opens on the checkpoint in use now (another page or the API may have changed it)
         root.load(lambda: gr.Dropdown(choices=models.titles(), value=current_title()), None, ckpt, queue=False,
                   show_progress="hidden")
-    return ckpt
+    return CheckpointBar(ckpt, status, choose)
 
 
 def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
@@ -103,7 +114,7 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 pnginfo_tab.build(t2i.fields, tabs, t2i.controlnet, engine.models, img2img=i2i,
                                   extras_image=extras.image)
             with gr.Tab("Checkpoint Merger", id="tab_modelmerger", elem_id="tab_modelmerger"):
-                merger_tab.build(engine, ckpt)
+                merger_tab.build(engine, ckpt.dropdown)
             with gr.Tab("Train", id="tab_train", elem_id="tab_train"):
                 train_tab.build(engine)
             for tab in ext_tabs:

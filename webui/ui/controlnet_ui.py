@@ -89,10 +89,11 @@ class ControlNetSection:
         p = f"{m}_controlnet_{k}"
         w: dict = {}
         with gr.Row():
-            w["image"] = gr.ImageEditor(label="Image (upload, or draw a scribble)", type="pil", elem_id=f"{p}_image",
+            w["image"] = gr.ImageEditor(label="Image (upload, or draw a scribble)", type="pil", format="png",
+                                        elem_id=f"{p}_image",
                                         brush=gr.Brush(colors=["#000000", "#ffffff"]), height=320)
             with gr.Column():
-                preview = gr.Image(label="Preprocessor preview", type="numpy", interactive=False,
+                preview = gr.Image(label="Preprocessor preview", type="numpy", format="png", interactive=False,
                                    elem_id=f"{p}_preview", height=280)
                 with gr.Row():
                     run_preview = gr.Button("💥 Preview", size="sm", elem_id=f"{p}_preview_button")
@@ -266,7 +267,7 @@ def build_tab(engine: Engine) -> dict:
     out: dict = {}
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Input image", type="pil", elem_id="controlnet_tab_image")
+            image = gr.Image(label="Input image", type="pil", format="png", elem_id="controlnet_tab_image")
             module = gr.Dropdown(support.module_names(usable_only=True), value="canny", label="Preprocessor",
                                  elem_id="controlnet_tab_module")
             with gr.Row():
@@ -278,7 +279,8 @@ def build_tab(engine: Engine) -> dict:
                               elem_id="controlnet_tab_threshold_b")
             run = gr.Button("Preprocess", variant="primary", elem_id="controlnet_tab_run")
         with gr.Column():
-            detected = gr.Image(label="Detected map", type="numpy", interactive=False, elem_id="controlnet_tab_map")
+            detected = gr.Image(label="Detected map", type="numpy", format="png",
+                                interactive=False, elem_id="controlnet_tab_map")
             save = gr.Button("💾 Save detected map", size="sm", elem_id="controlnet_tab_save")
             status = gr.HTML("", elem_id="controlnet_tab_status")
     gr.Markdown("### Pose editor\nDrag the keypoints; the JSON below is the pose (OpenPose format).")
@@ -299,7 +301,8 @@ def build_tab(engine: Engine) -> dict:
                 upload = gr.File(label="Load OpenPose JSON", file_types=[".json"], elem_id="controlnet_pose_load")
                 download = gr.File(label="Saved JSON", interactive=False, elem_id="controlnet_pose_file")
             save_json = gr.Button("Save JSON", size="sm", elem_id="controlnet_pose_save")
-            pose_map = gr.Image(label="Pose map", type="numpy", interactive=False, elem_id="controlnet_pose_map")
+            pose_map = gr.Image(label="Pose map", type="numpy", format="png",
+                                interactive=False, elem_id="controlnet_pose_map")
             pose_status = gr.HTML("", elem_id="controlnet_pose_status")
     unavailable = [f"<li>{p.unavailable}</li>" for p in support.preprocessors.values() if p.unavailable]
     if unavailable:

@@ -11,7 +11,8 @@ def _samples(names: list[str]) -> list[list[str]]:
     return [[n] for n in names] or [["(none found)"]]
 
 
-def build(engine: Engine, prompt: gr.Textbox, checkpoint: gr.Dropdown | None, prefix: str) -> None:
+def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
+    """``checkpoint``: the page's CheckpointBar (a card click picks that checkpoint), or None."""
     models = engine.models
 
     def lora_names() -> list[str]:
@@ -50,7 +51,8 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint: gr.Dropdown | None, pr
     loras.click(on_lora, [loras, prompt], prompt, queue=False)
     embs.click(on_embedding, [embs, prompt], prompt, queue=False)
     if checkpoint is not None:
-        ckpts.click(lambda s: gr.update() if s[0].startswith("(") else s[0], ckpts, checkpoint, queue=False)
+        ckpts.click(lambda s: gr.update() if s[0].startswith("(") else s[0], ckpts, checkpoint.dropdown,
+                    queue=False).then(checkpoint.choose, checkpoint.dropdown, checkpoint.status)
 
     def do_refresh():
         models.refresh_loras()

@@ -31,7 +31,7 @@ class ExtrasTab:
             with gr.Column():
                 with gr.Tabs(elem_id="mode_extras"):
                     with gr.Tab("Single Image", id="single", elem_id="extras_single_tab") as t1:
-                        self.image = gr.Image(label="Source", type="pil", elem_id="extras_image",
+                        self.image = gr.Image(label="Source", type="pil", format="png", elem_id="extras_image",
                                               sources=["upload", "clipboard"], image_mode="RGBA")
                     with gr.Tab("Batch Process", id="batch", elem_id="extras_batch_process_tab") as t2:
                         files = gr.File(label="Batch Process", file_count="multiple", elem_id="extras_image_batch",

@@ -356,21 +356,41 @@ class GenerationTab:
 
     def _build_init_images(self) -> None:
         mode = gr.State("img2img")
+        copy_buttons: list[tuple[gr.Button, str, str]] = []   # (button, from sub-tab, to sub-tab)
+
+        def copy_row(here: str) -> None:
+            """A1111's "Copy image to:" row under a sub-tab's picture."""
+            with gr.Row(elem_id=f"img2img_copy_to_{here}"):
+                gr.HTML("Copy image to:", elem_id=f"img2img_label_copy_to_{here}")
+                for there, title in COPY_TARGETS.items():
+                    if there != here:
+                        copy_buttons.append((gr.Button(title, size="sm", elem_id=f"img2img_copy_{here}_to_{there}"),
+                                             here, there))
+
         with gr.Tabs(elem_id="mode_img2img") as self.subtabs:
             with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t1:
-                plain = gr.Image(label="Image for img2img", type="pil", elem_id="img2img_image", sources=["upload"])
-            with gr.Tab("Sketch", elem_id="img2img_img2img_sketch_tab") as t2:
-                sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch",
+                plain = gr.Image(label="Image for img2img", type="pil", format="png",
+                                 elem_id="img2img_image", sources=["upload"])
+                copy_row("img2img")
+            with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as t2:
+                sketch = gr.ImageEditor(label="Sketch", type="pil", format="png", elem_id="img2img_sketch",
                                         brush=gr.Brush(colors=["#dc1e1e", "#1e9f32", "#2346dc", "#f5dc23",
                                                                "#000000", "#ffffff"]))
+                copy_row("sketch")
             with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t3:
-                inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", elem_id="img2maskimg",
+                inpaint = gr.ImageEditor(label="Image for inpainting with mask", type="pil", format="png",
+                                         elem_id="img2maskimg",
                                          brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
-            with gr.Tab("Inpaint sketch", elem_id="img2img_inpaint_sketch_tab") as t4:
-                inpaint_sketch = gr.ImageEditor(label="Inpaint sketch", type="pil", elem_id="inpaint_sketch")
+                copy_row("inpaint")
+            with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as t4:
+                inpaint_sketch = gr.ImageEditor(label="Inpaint sketch", type="pil", format="png",
+                                                elem_id="inpaint_sketch")
+                copy_row("inpaint_sketch")
             with gr.Tab("Inpaint upload", elem_id="img2img_inpaint_upload_tab") as t5:
-                upload_image = gr.Image(label="Image", type="pil", elem_id="img_inpaint_base", sources=["upload"])
-                upload_mask = gr.Image(label="Mask", type="pil", elem_id="img_inpaint_mask", sources=["upload"])
+                upload_image = gr.Image(label="Image", type="pil", format="png",
+                                        elem_id="img_inpaint_base", sources=["upload"])
+                upload_mask = gr.Image(label="Mask", type="pil", format="png",
+                                       elem_id="img_inpaint_mask", sources=["upload"])
             with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t6:
                 gr.Markdown("Process every image (.png .jpg .jpeg .webp .tif .tiff .bmp) of a folder on the "
                             "server, sub-folders included. With a masks folder: one file there is the mask of "
@@ -384,6 +404,16 @@ class GenerationTab:
         for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint sketch"),
                           (t5, "inpaint upload"), (t6, "batch")):
             tab.select(lambda n=name: n, None, mode, queue=False)
+        components = {"img2img": plain, "sketch": sketch, "inpaint": inpaint, "inpaint_sketch": inpaint_sketch}
+        for button, here, there in copy_buttons:
+            def copy(value, here=here, there=there):
+                image = picture_of(value, drawn=here != "inpaint")   # the inpaint mask's strokes stay behind
+                if image is None:
+                    return gr.update(), gr.update(), gr.update()
+                editor = there != "img2img"
+                new = {"background": image, "layers": [], "composite": image} if editor else image
+                return new, gr.Tabs(selected=there), there.replace("_", " ")
+            button.click(copy, components[here], [components[there], self.subtabs, mode], queue=False)
         self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask,
                             batch_in, batch_out, batch_masks]
         self.mode_state, self.plain_image, self.inpaint_editor = mode, plain, inpaint
@@ -445,6 +475,17 @@ def scaled_size(image, scale) -> tuple[int, int]:
     """img2img's "Resize by": the input image's size times ``scale``, down to multiples of 8 (as A1111)."""
     w, h = int(image.width * float(scale)), int(image.height * float(scale))
     return max(8, w - w % 8), max(8, h - h % 8)
+
+
+COPY_TARGETS = {"img2img": "img2img", "sketch": "sketch", "inpaint": "inpaint", "inpaint_sketch": "inpaint sketch"}
+
+
+def picture_of(value, drawn: bool = True):
+    """The PIL picture of an image or image-editor value: with ``drawn``, an editor's composite (its strokes
+    painted in), else its background; None when empty."""
+    if isinstance(value, dict):
+        value = (value.get("composite") if drawn else None) or value.get("background")
+    return value.convert("RGB") if value is not None else None
 
 
 def upscale_request(req: GenerationRequest, image, text: str) -> None:

@@ -37,7 +37,8 @@ def build(scripts: ScriptRunner) -> gr.Image | None:
             interrupt = gr.Button("Interrupt", size="sm", elem_id=f"{PREFIX}_interrupt")
     with gr.Row():
         with gr.Column():
-            image = gr.Image(label="Source", type="pil", elem_id=f"{PREFIX}_image", sources=["upload", "clipboard"])
+            image = gr.Image(label="Source", type="pil", format="png",
+                             elem_id=f"{PREFIX}_image", sources=["upload", "clipboard"])
             with gr.Row():
                 sampler = gr.Dropdown(engine_samplers.available(), value="Euler a", label="Sampling method",
                                       elem_id=f"{PREFIX}_sampling")

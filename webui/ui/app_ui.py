@@ -63,10 +63,17 @@ def _checkpoint_bar(engine: Engine) -> CheckpointBar:
     # a user's choice switches (input: the page's own updates below must never switch the server back)
     ckpt.input(choose, ckpt, status)
     refresh.click(do_refresh, None, [ckpt, status])
+    built = (models.titles(), current_title())
+
+    def on_open():
+        """Each page opens on the checkpoint in use now (another page or the API may have changed it); an update
+        only when something changed since the page was built, so an open list is not redrawn under the mouse."""
+        now = (models.titles(), current_title())
+        return gr.update() if now == built else gr.Dropdown(choices=now[0], value=now[1])
+
     root = Context.root_block
-    if root is not None:   # each page opens on the checkpoint in use now (another page or the API may have changed it)
-        root.load(lambda: gr.Dropdown(choices=models.titles(), value=current_title()), None, ckpt, queue=False,
-                  show_progress="hidden")
+    if root is not None:
+        root.load(on_open, None, ckpt, queue=False, show_progress="hidden")
     return CheckpointBar(ckpt, status, choose)
 
 

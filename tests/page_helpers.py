@@ -9,6 +9,15 @@ def pick_checkpoint(page, name: str, timeout: float = 120.0) -> None:
     """Choose ``name`` in the checkpoint dropdown at the top of the page, check the dropdown shows it (a list
     redrawn while open could take the click elsewhere: then choose again) and wait until the server has switched
     to it (the switch loads the model first, so a fixed pause can let the next job run on the old one)."""
+    parts = urlsplit(page.url)
+    url = f"{parts.scheme}://{parts.netloc}/sdapi/v1/options"
+    current = str(page.request.get(url).json().get("sd_model_checkpoint"))
+    # the page's opening brings the dropdown to the model in use: wait for that first, or the update could
+    # arrive after the choice below (choosing what the dropdown shows already starts no switch)
+    page.wait_for_function("(t) => document.querySelector('#setting_sd_model_checkpoint input')?.value === t",
+                           arg=current, timeout=timeout * 1000)
+    if current.startswith(name):
+        return
     box = page.locator("#setting_sd_model_checkpoint input")
     for _ in range(3):
         box.click()
@@ -18,8 +27,6 @@ def pick_checkpoint(page, name: str, timeout: float = 120.0) -> None:
             break
     else:
         raise AssertionError(f"the dropdown shows {box.input_value()!r}, not {name}")
-    parts = urlsplit(page.url)
-    url = f"{parts.scheme}://{parts.netloc}/sdapi/v1/options"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if str(page.request.get(url).json().get("sd_model_checkpoint")).startswith(name):

@@ -445,6 +445,9 @@ def test_keyboard_shortcuts_edit_weights_and_generate(page, data_dir):
     set_number(page, "txt2img_steps", 20)
     box.press("Control+Enter")
     page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() !== ''")
+    deadline = time.time() + 60   # the job is surely the running one once it has saved a picture
+    while not pngs(outputs) - before and time.time() < deadline:
+        time.sleep(0.05)
     page.keyboard.press("Escape")
     page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.trim() === ''",
                            timeout=120_000)

@@ -159,7 +159,8 @@ class GenerationTab:
                                          visible=False, elem_id=f"download_files_{m}")
                 html_log = gr.HTML("", elem_id=f"html_log_{m}")
         last_seed = gr.State(-1)
-        # selected: the gallery index the user clicked, -1 until then (a new result clears it, as A1111's)
+        # selected: the gallery index the user clicked, -1 until then; a job's new result clears it (as A1111's),
+        # in the job's own last update, so it can never land after the user's next click
         self.gallery, self.selected, self.infotexts = gallery, gr.State(-1), gr.State([])
         first_image = gr.State(0)   # the index of the first picture after any grid
 
@@ -167,7 +168,6 @@ class GenerationTab:
             return evt.index
 
         gallery.select(on_select, None, self.selected, queue=False)
-        gallery.change(lambda: -1, None, self.selected, queue=False, show_progress="hidden")
 
         def save(gallery_value, selected, infotexts, first, make_zip):
             try:
@@ -202,7 +202,8 @@ class GenerationTab:
         inputs += script_inputs
 
         def run(*values):
-            yield from run_job(values)
+            for update in run_job(values):   # a new result (its infotexts given) clears the selection
+                yield (*update, -1 if isinstance(update[5], list) else gr.update())
 
         def upscale(gallery_value, selected, infotexts, first, *values):
             """A1111's ✨: the selected picture through the hires fix as the form now sets it, with its own seed;
@@ -211,9 +212,10 @@ class GenerationTab:
             index = max(int(selected), int(first or 0))
             if not shown or index >= len(shown):
                 yield (gr.update(), gr.update(), gr.update(), error_html("there is no image to upscale: generate "
-                       "one first"), gr.update(), gr.update(), gr.update())
+                       "one first"), gr.update(), gr.update(), gr.update(), gr.update())
                 return
-            yield from run_job(values, (shown, index, texts))
+            for update in run_job(values, (shown, index, texts)):   # the selection stays on the upscaled one
+                yield (*update, gr.update())
 
         def run_job(values, upscaling=None):
             kw = dict(zip(self.fields, values))
@@ -290,7 +292,7 @@ class GenerationTab:
             yield (result.images, "", info_html(text + notes), "",
                    result.seeds[0] if result.seeds else -1, result.infotexts, result.index_of_first_image)
 
-        outputs = [gallery, progress, info, error, last_seed, self.infotexts, first_image]
+        outputs = [gallery, progress, info, error, last_seed, self.infotexts, first_image, self.selected]
         generate.click(run, inputs, outputs,
                        concurrency_limit=None, show_progress="hidden")
         if upscale_button is not None:

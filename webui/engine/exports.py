@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from webui.core.errors import InvalidField
-from webui.core.infotext import parse_infotext
+from webui.core.infotext import parse_infotext, parse_number
 from webui.engine import saving
 
 LOG_COLUMNS = ("prompt", "seed", "width", "height", "sampler", "cfgs", "steps", "filename", "negative_prompt")
@@ -49,16 +49,10 @@ def _tokens(text: str, image: Image.Image) -> dict[str, object]:
                       ("Clip skip", "clip_skip"), ("Denoising strength", "denoising")):
         if p.get(key) not in (None, ""):
             tokens[name] = p[key]
-    for name in ("seed", "steps"):
-        try:
-            tokens[name] = int(float(str(tokens[name])))
-        except (KeyError, ValueError):
-            pass
-    if "cfg" in tokens:
-        try:
-            tokens["cfg"] = float(str(tokens["cfg"]))
-        except ValueError:
-            pass
+    for name, kind in (("seed", int), ("steps", int), ("cfg", float)):   # numbers, as the name tokens format them
+        number = parse_number(tokens.get(name))
+        if number is not None:
+            tokens[name] = kind(number)
     return tokens
 
 
@@ -79,11 +73,11 @@ def save_gallery(images: Sequence[Image.Image], infotexts: Sequence[str], select
     pattern = str(opts.get("samples_filename_pattern") or "")
     to_dirs = bool(opts.get("use_save_to_dirs_for_ui", False))
     out = SavedFiles(folder)
-    seeds = []
+    named = []   # each saved image's name tokens
     for i in indices:
         image, text = images[i], texts[i]
         tokens = _tokens(text, image)
-        seeds.append(tokens.get("seed"))
+        named.append(tokens)
         target = folder
         if to_dirs:
             sub = saving.expand_pattern(str(opts.get("directories_filename_pattern") or "[prompt_words]"), tokens,
@@ -104,10 +98,8 @@ def save_gallery(images: Sequence[Image.Image], infotexts: Sequence[str], select
             out.files.append(path.with_suffix(".txt"))
     _log_row(folder, texts[indices[0]], out.files[0].relative_to(folder))
     if make_zip:
-        known = [s for s in seeds if s is not None]
-        first_text = texts[indices[0]]
-        tokens = {**_tokens(first_text, images[indices[0]]), "seed": known[0] if known else "",
-                  "seed_last": known[-1] if known else ""}
+        known = [t["seed"] for t in named if t.get("seed") is not None]
+        tokens = {**named[0], "seed": known[0] if known else "", "seed_last": known[-1] if known else ""}
         name = saving.expand_pattern(str(opts.get("grid_zip_filename_pattern") or ZIP_PATTERN), tokens) or "images"
         out.files.insert(0, _write_zip(folder, name, [(f, f.relative_to(folder).as_posix()) for f in out.files]))
     return out

@@ -249,15 +249,15 @@ def run_extras(job: Job, models, req: ExtrasRequest, images: list[tuple[str, Ima
             break
         res.processed += 1
         source_text, chunks = saving.read_infotext(image) if save_dir is not None else (None, {})
+        keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
+        stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
+        fmt = str(opts.get("samples_format") or "png").lower()
         for out, line in outputs:
             if show_limit is None or len(res.images) < show_limit:   # a folder batch keeps only what it shows
                 res.images.append(out)
                 res.infotexts.append(line)
                 res.names.append(name)
             if save_dir is not None:
-                keep = {k: str(v) for k, v in chunks.items() if isinstance(v, str) and k not in ("extras",)}
-                stem = saving.sanitize_filename_part(Path(name).stem) if keep_names and name else ""
-                fmt = str(opts.get("samples_format") or "png").lower()
                 # a kept name is the file's own ("photo.png", then "photo_1.png": never overwriting), as A1111
                 res.saved.append(saving.save_image(out, save_dir, source_text, pattern=stem, fmt=fmt,
                                                    jpeg_quality=int(opts.get("jpeg_quality", 80)),

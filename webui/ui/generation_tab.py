@@ -494,14 +494,12 @@ def upscale_request(req: GenerationRequest, image, text: str) -> None:
     """Turn a txt2img request into A1111's ✨ upscale of ``image``: one image, hires fix on, the picture (at its own
     size) as the first pass, and the seed and variation seed its infotext records."""
     import base64
-    import io
 
     from webui.core import infotext as infotext_fmt
+    from webui.engine.saving import encode_image
     req.enable_hr, req.n_iter, req.batch_size = True, 1, 1
     req.width, req.height = image.width, image.height   # the picture at its own size, whatever the form says now
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "PNG")
-    req.firstpass_image = base64.b64encode(buffer.getvalue()).decode()
+    req.firstpass_image = base64.b64encode(encode_image(image.convert("RGB"), None)).decode()
     params = infotext_fmt.parse_infotext(text) if "Steps: " in text else {}
     for key, name in (("Seed", "seed"), ("Variation seed", "subseed")):
         value = infotext_fmt.parse_number(params.get(key))
@@ -610,20 +608,23 @@ def wire_send_to(source: GenerationTab, target: GenerationTab, tabs: gr.Tabs) ->
 
 def selected_image(gallery, index):
     """The PIL image selected in a gallery value (the first when none is selected; None when it is empty)."""
-    images = gallery_images(gallery)
-    return images[min(max(int(index or 0), 0), len(images) - 1)].convert("RGB") if images else None
+    if not gallery:
+        return None
+    return _gallery_item(gallery[min(max(int(index or 0), 0), len(gallery) - 1)]).convert("RGB")
 
 
 def gallery_images(gallery) -> list:
-    """The PIL images of a gallery value (items are images or file paths, alone or with a caption)."""
+    """The PIL images of a gallery value."""
+    return [_gallery_item(item) for item in gallery or []]
+
+
+def _gallery_item(item):
+    """One gallery item as a PIL image (items are images or file paths, alone or with a caption)."""
     from PIL import Image
-    out = []
-    for item in gallery or []:
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        if isinstance(image, dict):   # a FileData-like dict
-            image = image.get("path") or (image.get("image") or {}).get("path")
-        out.append(Image.open(image) if isinstance(image, str) else image)
-    return out
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(image, dict):   # a FileData-like dict
+        image = image.get("path") or (image.get("image") or {}).get("path")
+    return Image.open(image) if isinstance(image, str) else image
 
 
 def wire_send_to_extras(source: GenerationTab, image: gr.components.Component, tabs: gr.Tabs,

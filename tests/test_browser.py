@@ -673,8 +673,9 @@ def test_upscale_button_runs_the_selected_picture_through_the_hires_fix(page, da
     dist = {s: np.abs(big - np.asarray(Image.open(f).convert("RGB")).astype(float)).mean() for s, f in firsts.items()}
     assert dist[41] < 12 and dist[41] < dist[40] / 2, (dist, text)
     # the gallery keeps the grid and seed 40's picture; the third item is the 256-px result
-    widths = page.evaluate("() => [...document.querySelectorAll('#txt2img_gallery .thumbnail-lg img')]"
-                           ".map(img => img.naturalWidth)")
+    thumbs = "[...document.querySelectorAll('#txt2img_gallery .thumbnail-lg img')]"
+    page.wait_for_function(f"() => {thumbs}.length === 3 && {thumbs}.every(img => img.complete && img.naturalWidth)")
+    widths = page.evaluate(f"() => {thumbs}.map(img => img.naturalWidth)")
     assert widths == [256, 128, 256]          # the grid (two 128-px pictures), seed 40's, the upscaled one
     page.locator("#txt2img_gallery .thumbnail-item").nth(2).click()
     page.click("#txt2img_send_to_img2img")

@@ -10,21 +10,26 @@ class SamplerDef:
     aliases: tuple[str, ...] = ()
     default_schedule: str = "automatic"  # what "Automatic" means for this sampler
     options: dict = field(default_factory=dict)
+    uses_ensd: bool = False   # A1111's "Eta noise seed delta" moves this sampler's noise over the steps
 
 
-# A1111 v1.10 sampler names that have a diffusers scheduler, with that sampler's own default schedule.
+# A1111 v1.10 sampler names the studio runs (diffusers' schedulers and webui/engine/k_samplers.py), with that
+# sampler's own default schedule. Not offered: DPM adaptive (its step count is not fixed), DDIM CFG++.
 SAMPLERS: tuple[SamplerDef, ...] = (
     SamplerDef("DPM++ 2M", ("k_dpmpp_2m",), "karras"),
     SamplerDef("DPM++ SDE", ("k_dpmpp_sde",), "karras"),
     SamplerDef("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "exponential"),
     SamplerDef("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "exponential"),
+    SamplerDef("DPM++ 2S a", ("k_dpmpp_2s_a",), "karras", uses_ensd=True),
     SamplerDef("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "exponential"),
-    SamplerDef("Euler a", ("k_euler_a", "k_euler_ancestral")),
+    SamplerDef("Euler a", ("k_euler_a", "k_euler_ancestral"), uses_ensd=True),
     SamplerDef("Euler", ("k_euler",)),
     SamplerDef("LMS", ("k_lms",)),
     SamplerDef("Heun", ("k_heun",)),
     SamplerDef("DPM2", ("k_dpm_2",), "karras"),
-    SamplerDef("DPM2 a", ("k_dpm_2_a",), "karras"),
+    SamplerDef("DPM2 a", ("k_dpm_2_a",), "karras", uses_ensd=True),
+    SamplerDef("DPM fast", ("k_dpm_fast",), uses_ensd=True),
+    SamplerDef("Restart", ("restart",), "karras"),
     SamplerDef("DDIM", ("ddim",)),
     SamplerDef("PLMS", ("plms",)),
     SamplerDef("UniPC", ("unipc",)),

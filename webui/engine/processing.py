@@ -443,7 +443,7 @@ class Engine:
                                                 subseeds[sl], req.subseed_strength, resize_from)
             noise.reseed(gens, seeds[sl], int(opts.get("eta_noise_seed_delta", 0)))
             scheduler = engine_samplers.make_scheduler(sampler, schedule, dict(pipe.scheduler.config), opts,
-                                                       req.steps)
+                                                       req.steps, req.eta)
             plan = sampling.SamplingPlan(
                 scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
                 conditioning=first.conditioning(sl, n_chunks), generators=gens, per_image=device.type == "cpu",
@@ -526,7 +526,8 @@ class Engine:
             extra = {**params.infotext(scheduler), **params.skip_infotext(skipped),
                      **params.noise_infotext(init is not None, bool(hires)),
                      **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts),
-                     **params.discard_infotext(scheduler)}
+                     **params.discard_infotext(scheduler),
+                     **engine_samplers.ancestral_infotext(scheduler, sampler, opts)}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
@@ -627,7 +628,7 @@ class Engine:
             big = [upscale_to(self.models, im, (hr.width, hr.height), hr.upscaler, opts) for im in first_images]
             init = sampling.encode(pipe.vae, sampling.to_tensor(big)).to(device)
         scheduler = engine_samplers.make_scheduler(hr.sampler, hr.schedule, dict(pipe.scheduler.config), opts,
-                                                   hr.steps)
+                                                   hr.steps, req.eta)
         timesteps = sampling.partial_timesteps(scheduler, hr.steps, hr.denoising, device, params)
         from diffusers.utils.torch_utils import randn_tensor
         noise = torch.cat([randn_tensor((1, init.shape[1], lh, lw), generator=g, device=device) for g in gens])

@@ -21,6 +21,7 @@ from diffusers import (
 
 from webui.core import samplers
 from webui.core.errors import InvalidField
+from webui.engine.k_samplers import DPMFastScheduler, DPMPP2SAncestralScheduler, RestartScheduler
 from webui.engine.sampler_params import sigma_at
 
 _CLASSES: dict[str, tuple[type, dict]] = {
@@ -36,6 +37,9 @@ _CLASSES: dict[str, tuple[type, dict]] = {
     "Heun": (HeunDiscreteScheduler, {}),
     "DPM2": (KDPM2DiscreteScheduler, {}),
     "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
+    "DPM++ 2S a": (DPMPP2SAncestralScheduler, {}),
+    "DPM fast": (DPMFastScheduler, {}),
+    "Restart": (RestartScheduler, {}),
     "DDIM": (DDIMScheduler, {"set_alpha_to_one": False}),
     "PLMS": (PNDMScheduler, {"skip_prk_steps": True}),
     "UniPC": (UniPCMultistepScheduler, {}),
@@ -62,9 +66,11 @@ def effective_schedule(sampler: str, schedule: str) -> str:
     return sdef.default_schedule if sdef else "automatic"
 
 
-def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | None = None, steps: int = 0):
-    """A fresh scheduler for one job (``opts``: the job's settings, for UniPC's order and variant; ``steps``: the
-    pass's steps). Raises InvalidField when the pair is not supported."""
+def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | None = None, steps: int = 0,
+                   eta: float | None = None):
+    """A fresh scheduler for one job (``opts``: the job's settings, for UniPC's order and variant and the ancestral
+    samplers' eta; ``steps``: the pass's steps; ``eta``: the request's, over the setting). Raises InvalidField when
+    the pair is not supported."""
     cls, extra = _CLASSES[sampler]
     schedule = effective_schedule(sampler, schedule)
     kwargs = dict(extra)
@@ -95,6 +101,9 @@ def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | 
     if "_use_default_values" in config:
         config["_use_default_values"] = [k for k in config["_use_default_values"] if k not in ours]
     scheduler = cls.from_config(config)
+    if getattr(scheduler, "ancestral", False):
+        # A1111 gives these k-diffusion samplers eta (its "Eta for ancestral samplers", 1 by default)
+        scheduler.eta = float(eta if eta is not None else (opts or {}).get("eta_ancestral", 1.0))
     if opts is not None:
         _apply_schedule_overrides(scheduler, schedule_overrides(scheduler, sampler, schedule, opts))
     return scheduler
@@ -149,6 +158,19 @@ def _apply_schedule_overrides(scheduler, overrides: dict[str, float]) -> None:
             ramp = np.linspace(0, 1, num_inference_steps)
             return (high ** (1 / rho) + ramp * (low ** (1 / rho) - high ** (1 / rho))) ** rho
         scheduler._convert_to_karras = karras
+
+
+def ancestral_infotext(scheduler, sampler: str, opts: dict) -> dict[str, float]:
+    """A1111's "Eta" (an eta other than 1 on a sampler that takes it) and "ENSD" (a seed delta on a sampler whose
+    noise over the steps it moves)."""
+    out: dict[str, float] = {}
+    if getattr(scheduler, "ancestral", False) and scheduler.eta != 1.0:
+        out["Eta"] = scheduler.eta
+    sdef = samplers.find_sampler(sampler)
+    delta = int(opts.get("eta_noise_seed_delta", 0) or 0)
+    if delta and sdef is not None and sdef.uses_ensd:
+        out["ENSD"] = delta
+    return out
 
 
 def supports(sampler: str, schedule: str) -> bool:

@@ -232,6 +232,8 @@ def partial_timesteps(scheduler, steps: int, strength: float, device, params: Sa
     """The tail of a `steps`-step schedule that img2img-style passes run: int(steps * strength) steps."""
     (params or SamplerParams()).set_timesteps(scheduler, steps, device)
     run = min(int(steps * strength), steps)
+    if hasattr(scheduler, "tail_timesteps"):   # model evaluations not a fixed number per step (k_samplers)
+        return scheduler.tail_timesteps(run)
     start = (steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)

@@ -1,0 +1,192 @@
+"""DPM++ 2S a, DPM fast and Restart (webui/engine/k_samplers.py).
+
+The methods are checked where the right answer is known in closed form: for data drawn from a Gaussian N(MU, S^2)
+the exact denoiser is MU + S^2 / (S^2 + sigma^2) (x - MU), the probability-flow ODE carries a start point x_T at
+sigma_T to MU + S / sqrt(S^2 + sigma_T^2) (x_T - MU), and an ancestral sampler started from N(MU, S^2 + sigma_T^2)
+must end with samples of N(MU, S^2). The "model" here is that exact denoiser, given the scheduler's timesteps and
+scaled inputs as a UNet is. Then on the bundled model: the picture the prompt asks for, img2img keeping its init,
+and the infotext.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import shape_checker as sc
+from webui.core.infotext import parse_infotext
+from webui.core.request import GenerationRequest, Img2ImgRequest, fields_from_infotext
+from webui.engine import k_samplers as ks
+from webui.engine import samplers as engine_samplers
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "Stable-diffusion" / "shapes-tiny-v1.safetensors"
+SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+      "steps_offset": 1, "prediction_type": "epsilon", "timestep_spacing": "leading"}
+MU, S = 0.3, 0.5
+CLASSES = {"DPM++ 2S a": ks.DPMPP2SAncestralScheduler, "DPM fast": ks.DPMFastScheduler,
+           "Restart": ks.RestartScheduler}
+
+
+def pasted(text: str) -> dict:
+    return fields_from_infotext(parse_infotext(text))
+
+
+def gaussian_run(sampler: str, steps: int, eta: float, start, karras: bool = True, seed: int = 0):
+    """Sample the Gaussian with the scheduler as the engine drives it. ``start(sigma_T, generator)`` gives x_T.
+    Returns (x_T, result, sigma_T, scheduler)."""
+    sch = CLASSES[sampler].from_config({**SD, "use_karras_sigmas": karras})
+    sch.eta = eta
+    sch.set_timesteps(steps)
+    log_sigmas = np.log(((1 - sch.alphas_cumprod.double()) / sch.alphas_cumprod.double()).sqrt().numpy())
+    g = torch.Generator().manual_seed(seed)
+    sigma_t = float(sch.sigmas[0])
+    x_t = start(sigma_t, g)
+    x = x_t.clone()
+    for t in sch.timesteps:
+        scaled = sch.scale_model_input(x, t)
+        sigma = math.exp(float(np.interp(float(t), np.arange(len(log_sigmas)), log_sigmas)))  # what t means
+        noisy = scaled * math.sqrt(sigma ** 2 + 1)
+        eps = (noisy - (MU + S ** 2 / (S ** 2 + sigma ** 2) * (noisy - MU))) / sigma
+        x = sch.step(eps, t, x, generator=g).prev_sample
+    return x_t, x, sigma_t, sch
+
+
+def _plain_noise(n: int = 4000):
+    return lambda sigma, g: torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64) * sigma
+
+
+def _matched_noise(n: int = 4000):
+    def start(sigma, g):
+        return MU + torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64) * math.sqrt(S ** 2 + sigma ** 2)
+    return start
+
+
+@pytest.mark.parametrize("sampler,steps", [("DPM++ 2S a", (10, 20, 40)), ("DPM fast", (10, 20, 40)),
+                                           ("Restart", (5, 10, 19))])
+def test_without_noise_the_methods_follow_the_exact_ode(sampler, steps):
+    """eta 0 (Restart below 20 steps restarts nothing): every sample ends where the ODE takes it, closer with
+    more steps."""
+    errors = []
+    for n in steps:
+        x_t, x, sigma_t, _ = gaussian_run(sampler, n, 0.0, _plain_noise())
+        exact = MU + S / math.sqrt(S ** 2 + sigma_t ** 2) * (x_t - MU)
+        errors.append(float((x - exact).abs().max()))
+    print(f"{sampler}: largest error against the exact ODE at {steps} steps: {errors}")
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[-1] < 0.02
+
+
+@pytest.mark.parametrize("sampler,steps", [("DPM++ 2S a", 10), ("DPM++ 2S a", 20), ("DPM fast", 10),
+                                           ("DPM fast", 20), ("Restart", 20), ("Restart", 40)])
+def test_with_noise_the_samples_have_the_datas_distribution(sampler, steps):
+    """eta 1 (and Restart's restarts): the fresh noise keeps the distribution right; without it (eta 0 started
+    from the same points) the spread is not what ancestral sampling gives, so the noise really is drawn."""
+    _, x, _, _ = gaussian_run(sampler, steps, 1.0, _matched_noise(), seed=steps)
+    mean, std = float(x.mean()), float(x.std())
+    print(f"{sampler} {steps} steps: mean {mean:.4f} (data {MU}), std {std:.4f} (data {S})")
+    assert abs(mean - MU) < 0.04 and abs(std - S) < 0.04
+    if sampler != "Restart":
+        _, y, _, _ = gaussian_run(sampler, steps, 0.0, _matched_noise(), seed=steps)
+        assert float((x - y).abs().mean()) > 0.1
+
+
+def test_restart_goes_back_up_as_a1111s_does():
+    """From 20 steps on, A1111's Restart spends 9 of them (from 36, steps / 4 twice) going back up from about
+    sigma 0.1 to about 2 and down again; each step is a Heun step, two evaluations (one for the last)."""
+    for steps, rises in ((19, 0), (20, 1), (35, 1), (36, 2)):
+        sch = CLASSES["Restart"].from_config({**SD, "use_karras_sigmas": True})
+        sch.set_timesteps(steps)
+        assert len(sch.timesteps) == 2 * steps - 1
+        sig = [float(s) for s in sch.sigmas[:-1]]
+        ups = [(a, b) for a, b in zip(sig, sig[1:]) if b > a]
+        assert len(ups) == rises
+        for low, high in ups:
+            assert 0.05 < low < 0.2 and 1.5 < high < 3.0
+
+
+def test_dpm_fast_makes_as_many_evaluations_as_steps_between_the_models_extremes():
+    for steps in (1, 2, 3, 7, 20):
+        sch = CLASSES["DPM fast"].from_config(SD)
+        sch.set_timesteps(steps)
+        assert len(sch.timesteps) == steps
+        assert float(sch.timesteps[0]) == pytest.approx(999, abs=0.01)
+    tail = sch.tail_timesteps(5)   # img2img's tail: from that part of the schedule's own first noise level
+    assert len(tail) == 5 and float(tail[0]) < 300
+
+
+needs_model = pytest.mark.skipif(not MODEL.exists(), reason=f"the bundled model is not there yet: {MODEL}")
+SETTINGS = {"sd_model_checkpoint": MODEL.name, "live_previews_enable": False}
+
+
+def txt2img(engine, **kw):
+    base = dict(prompt="", steps=20, width=128, height=128, cfg_scale=7, seed=1, override_settings=SETTINGS)
+    return engine.txt2img(GenerationRequest(**{**base, **kw}), save=False)
+
+
+@needs_model
+@pytest.mark.parametrize("sampler", list(CLASSES))
+def test_the_bundled_model_draws_the_prompt(engine, sampler):
+    cases = [("a large red circle on the left, blue background", ("red", "circle", "left", "blue")),
+             ("a large yellow square at the top, purple background", ("yellow", "square", "top", "purple"))]
+    right = 0
+    for prompt, want in cases:
+        for seed in (1, 2):
+            res = txt2img(engine, prompt=prompt, seed=seed, sampler_name=sampler)
+            a = sc.analyse(res.images[0])
+            got = (a.colour, a.shape, a.position, a.background)
+            print(f"{sampler} seed {seed} {prompt!r}: {got}")
+            right += got == want
+            assert f"Sampler: {sampler}," in res.infotexts[0]
+    assert right >= 3
+
+
+@needs_model
+@pytest.mark.parametrize("sampler", list(CLASSES))
+def test_img2img_at_low_strength_keeps_the_picture(engine, sampler):
+    from tool_modules import load_tool
+    ds = load_tool("shapes_dataset")
+    img = np.empty((128, 128, 3), np.uint8)
+    img[:] = ds.COLOURS["green"]
+    cx, cy = ds.ANCHORS["right"]
+    ds.draw_shape(img, "triangle", cx, cy, ds.RADIUS["large"], ds.COLOURS["orange"])
+    init = Image.fromarray(img)
+    req = Img2ImgRequest(prompt="a large orange triangle on the right, green background", steps=20, width=128,
+                         height=128, cfg_scale=7, seed=3, sampler_name=sampler, denoising_strength=0.3,
+                         override_settings=SETTINGS)
+    out = engine.img2img(req, [init], None, save=False).images[0]
+    a, b = sc.analyse(init), sc.analyse(out)
+    diff = float(np.abs(np.asarray(out, dtype=np.int16) - img).mean())
+    print(f"{sampler} img2img 0.3: {b.colour} {b.shape} {b.position} {b.background}, mean change {diff:.1f}")
+    assert (b.colour, b.shape, b.position, b.background) == (a.colour, a.shape, a.position, a.background)
+    assert 0.5 < diff < 25
+
+
+@needs_model
+def test_eta_and_ensd_change_the_noise_and_are_recorded(engine):
+    base = dict(prompt="a small blue star", seed=5, sampler_name="DPM++ 2S a")
+    plain = txt2img(engine, **base)
+    again = txt2img(engine, **base)
+    half = txt2img(engine, **base, eta=0.5)
+    ensd = txt2img(engine, **{**base, "override_settings": {**SETTINGS, "eta_noise_seed_delta": 31337}})
+    px = [np.asarray(r.images[0], dtype=np.int16) for r in (plain, again, half, ensd)]
+    assert np.array_equal(px[0], px[1])
+    assert np.abs(px[0] - px[2]).mean() > 1 and np.abs(px[0] - px[3]).mean() > 1
+    assert "Eta" not in plain.infotexts[0] and "ENSD" not in plain.infotexts[0]
+    assert "Eta: 0.5," in half.infotexts[0] and "Schedule type: Karras" in half.infotexts[0]
+    assert "ENSD: 31337" in ensd.infotexts[0]
+    fields = pasted(ensd.infotexts[0])
+    assert fields["sampler_name"] == "DPM++ 2S a"
+    assert fields["override_settings"]["eta_noise_seed_delta"] == 31337
+    assert pasted(half.infotexts[0])["override_settings"]["eta_ancestral"] == 0.5
+
+
+def test_old_infotext_names_split_into_sampler_and_schedule():
+    p = pasted("a cat\nSteps: 20, Sampler: DPM++ 2S a Karras, CFG scale: 7, Seed: 1, Size: 64x64")
+    assert (p["sampler_name"], p["scheduler"]) == ("DPM++ 2S a", "Karras")
+    assert engine_samplers.effective_schedule("Restart", "automatic") == "karras"
+    assert "DPM adaptive" not in engine_samplers.available()

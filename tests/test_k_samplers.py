@@ -190,3 +190,19 @@ def test_old_infotext_names_split_into_sampler_and_schedule():
     assert (p["sampler_name"], p["scheduler"]) == ("DPM++ 2S a", "Karras")
     assert engine_samplers.effective_schedule("Restart", "automatic") == "karras"
     assert "DPM adaptive" not in engine_samplers.available()
+
+
+@needs_model
+def test_ddim_eta_from_the_setting_or_the_request(engine):
+    """A1111's "Eta for DDIM" (eta_ddim, 0 by default: DDIM deterministic); the request's eta wins; infotext
+    "Eta DDIM" when not 0, pasted back to the setting."""
+    base = dict(prompt="a large green triangle", seed=8, sampler_name="DDIM")
+    plain = txt2img(engine, **base)
+    setting = txt2img(engine, **{**base, "override_settings": {**SETTINGS, "eta_ddim": 0.7}})
+    request = txt2img(engine, **base, eta=0.7)
+    zero = txt2img(engine, **{**base, "eta": 0.0, "override_settings": {**SETTINGS, "eta_ddim": 0.7}})
+    px = [np.asarray(r.images[0], dtype=np.int16) for r in (plain, setting, request, zero)]
+    assert np.abs(px[0] - px[1]).mean() > 1
+    assert np.array_equal(px[1], px[2]) and np.array_equal(px[0], px[3])
+    assert "Eta" not in plain.infotexts[0] and "Eta DDIM: 0.7," in setting.infotexts[0]
+    assert pasted(setting.infotexts[0])["override_settings"]["eta_ddim"] == 0.7

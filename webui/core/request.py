@@ -278,7 +278,8 @@ def fields_from_infotext(parsed: dict[str, Any],
                                ("Extra noise", "img2img_extra_noise", float), ("UniPC order", "uni_pc_order", int),
                                ("UniPC variant", "uni_pc_variant", str), ("Schedule min sigma", "sigma_min", float),
                                ("Schedule max sigma", "sigma_max", float), ("Schedule rho", "rho", float),
-                               ("Eta", "eta_ancestral", float), ("ENSD", "eta_noise_seed_delta", int)):
+                               ("Eta", "eta_ancestral", float), ("Eta DDIM", "eta_ddim", float),
+                               ("ENSD", "eta_noise_seed_delta", int)):
         if parsed.get(key) not in (None, ""):
             try:
                 overrides[setting] = kind(parsed[key])

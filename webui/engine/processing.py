@@ -447,7 +447,7 @@ class Engine:
             plan = sampling.SamplingPlan(
                 scheduler=scheduler, steps=req.steps, cfg_scale=req.cfg_scale,
                 conditioning=first.conditioning(sl, n_chunks), generators=gens, per_image=device.type == "cpu",
-                eta=req.eta, params=params, skipped=skipped)
+                eta=engine_samplers.step_eta(scheduler, req.eta, opts), params=params, skipped=skipped)
             if model.is_sdxl:
                 ids = torch.tensor([[req.height, req.width, 0, 0, req.height, req.width]], dtype=torch.float32)
                 plan.added_time_ids = ids.repeat(req.batch_size, 1).to(device)
@@ -527,7 +527,7 @@ class Engine:
                      **params.noise_infotext(init is not None, bool(hires)),
                      **engine_samplers.schedule_overrides(scheduler, sampler, schedule, opts),
                      **params.discard_infotext(scheduler),
-                     **engine_samplers.ancestral_infotext(scheduler, sampler, opts)}
+                     **engine_samplers.ancestral_infotext(scheduler, sampler, opts, plan.eta)}
             if networks.used:
                 extra["Lora hashes"] = lora_hashes_infotext(networks.used)
             if encoder.used_embeddings:
@@ -635,7 +635,8 @@ class Engine:
         start = sampling.noised_start(scheduler, init.to(device), noise, timesteps, params)
         n = sl.stop - sl.start
         plan = sampling.SamplingPlan(scheduler=scheduler, steps=hr.steps, cfg_scale=req.cfg_scale,
-                                     conditioning=cond, generators=gens, per_image=device.type == "cpu", eta=req.eta,
+                                     conditioning=cond, generators=gens, per_image=device.type == "cpu",
+                                     eta=engine_samplers.step_eta(scheduler, req.eta, opts),
                                      switch=switch, params=params, skipped=set() if skipped is None else skipped)
         if model.is_sdxl:
             ids = torch.tensor([[hr.height, hr.width, 0, 0, hr.height, hr.width]], dtype=torch.float32)

@@ -160,12 +160,21 @@ def _apply_schedule_overrides(scheduler, overrides: dict[str, float]) -> None:
         scheduler._convert_to_karras = karras
 
 
-def ancestral_infotext(scheduler, sampler: str, opts: dict) -> dict[str, float]:
-    """A1111's "Eta" (an eta other than 1 on a sampler that takes it) and "ENSD" (a seed delta on a sampler whose
-    noise over the steps it moves)."""
+def step_eta(scheduler, eta: float | None, opts: dict) -> float | None:
+    """The eta a scheduler whose step takes one (DDIM) runs with: the request's, else the setting eta_ddim."""
+    if "eta" not in inspect.signature(scheduler.step).parameters:
+        return None
+    return float(eta if eta is not None else opts.get("eta_ddim", 0.0) or 0.0)
+
+
+def ancestral_infotext(scheduler, sampler: str, opts: dict, eta: float | None = None) -> dict[str, float]:
+    """A1111's "Eta" (an eta other than 1 on an ancestral sampler that takes it), "Eta DDIM" (DDIM's ``eta``, when
+    not 0) and "ENSD" (a seed delta on a sampler whose noise over the steps it moves)."""
     out: dict[str, float] = {}
     if getattr(scheduler, "ancestral", False) and scheduler.eta != 1.0:
         out["Eta"] = scheduler.eta
+    if sampler == "DDIM" and eta:
+        out["Eta DDIM"] = eta
     sdef = samplers.find_sampler(sampler)
     delta = int(opts.get("eta_noise_seed_delta", 0) or 0)
     if delta and sdef is not None and sdef.uses_ensd:

@@ -156,6 +156,9 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     from lora_factory import make_kohya_lora, tiny_pipeline
     pipe = tiny_pipeline(data_dir / "tmp-lora", "sd1", seed=1)
     make_kohya_lora(data_dir / "models" / "Lora" / "cardtest.safetensors", pipe, rank=2, seed=3)
+    import hypernetwork_factory as hf
+    hf.write(data_dir / "models" / "hypernetworks" / "cardnet.pt",
+             {768: (hf.mlp_state(768, [(0, "linear", 768, 768)]),) * 2}, layer_structure=[1, 1])
     page.get_by_role("tab", name="txt2img").click()
     page.locator("#txt2img_prompt textarea").fill("a red circle")
     page.click("#txt2img_extra_networks button, #txt2img_extra_networks .label-wrap")
@@ -164,6 +167,10 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     page.locator("#txt2img_lora_cards").get_by_text("cardtest").click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
                            " === 'a red circle <lora:cardtest:1>'")
+    page.get_by_role("tab", name="Hypernetworks").first.click()
+    page.locator("#txt2img_hypernetwork_cards").get_by_text("cardnet").click()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
+                           " === 'a red circle <lora:cardtest:1> <hypernet:cardnet:1>'")
     # a checkpoint card switches the server's checkpoint and the dropdown at the top
     import httpx
     current = httpx.get(server + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"]

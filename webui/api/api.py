@@ -261,10 +261,11 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
         return [{"name": f.name, "path": str(f.path), "scale": f.scale} for f in models.upscalers
                 if f.folder == "RealESRGAN"]
 
-    # A1111 clients list these at start-up: the studio has no hypernetworks or face restorers, so the lists are empty
     @r.get("/hypernetworks")
     def hypernetworks():
-        return []
+        return [i.api_item() for i in models.refresh_hypernetworks()]
+
+    # A1111 clients list it at start-up: the studio has no face restorers (their models are downloads)
 
     @r.get("/face-restorers")
     def face_restorers():

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="root of models/, outputs/, embeddings/, config.json")
     a("--ckpt-dir", default=None, help="extra folder of checkpoints")
     a("--lora-dir", default=None)
+    a("--hypernetwork-dir", default=None)
     a("--embeddings-dir", default=None)
     a("--textual-inversion-templates-dir", default=None)
     a("--vae-dir", default=None)

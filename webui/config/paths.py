@@ -20,6 +20,7 @@ class Paths:
     extensions: Path
     outputs: Path
     ti_templates: Path = REPO_ROOT / "textual_inversion_templates"   # the Train tab's prompt templates
+    hypernetwork: Path | None = None   # None: models/hypernetworks under the data dir
 
     @property
     def config_file(self) -> Path:
@@ -65,4 +66,9 @@ class Paths:
             extensions=data / "extensions",
             outputs=data / "outputs",
             ti_templates=pick("textual_inversion_templates_dir", REPO_ROOT / "textual_inversion_templates"),
+            hypernetwork=pick("hypernetwork_dir", models / "hypernetworks"),
         )
+
+    @property
+    def hypernetworks(self) -> Path:
+        return self.hypernetwork or self.data / "models" / "hypernetworks"

@@ -128,8 +128,9 @@ def parse_infotext(text: str, *, defaults: bool = False) -> dict[str, object]:
     With ``defaults=True`` the keys A1111 fills in when absent are added from ``PASTE_DEFAULTS``
     ("Clip skip" -> "1", "Schedule type" -> "Automatic", "RNG" -> "GPU", "Hires resize-1/-2" -> "0", ...),
     which is what "paste parameters" wants: a missing key means the default, not "leave as is".
-    Not done (A1111 does): moving styles out of the prompt, appending <hypernet:...>, the pre-1.0
-    "First pass size" hires conversion and the per-version backcompat flags.
+    As A1111, an old infotext's "Hypernet" (and "Hypernet strength") becomes a ``<hypernet:NAME:STRENGTH>`` tag
+    at the prompt's end. Not done (A1111 does): moving styles out of the prompt, the pre-1.0 "First pass size"
+    hires conversion and the per-version backcompat flags.
     """
     *lines, last = text.replace("\r\n", "\n").strip().split("\n")
     if len(PARAM_RE.findall(last)) < 3:
@@ -147,6 +148,8 @@ def parse_infotext(text: str, *, defaults: bool = False) -> dict[str, object]:
             prompt.append(line)
     result: dict[str, object] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     result.update(parse_params(last))
+    if result.get("Hypernet"):
+        result["Prompt"] = f"{result['Prompt']}<hypernet:{result['Hypernet']}:{result.get('Hypernet strength', '1.0')}>"
     if defaults:
         for key, value in PASTE_DEFAULTS.items():
             result.setdefault(key, value)

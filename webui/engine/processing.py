@@ -44,6 +44,7 @@ from webui.engine.prompts import ExtraNetworks, JobPrompts
 from webui.engine.refiner import OtherModels
 from webui.engine.sampler_params import SamplerParams
 from webui.models.embeddings import ti_hashes_infotext
+from webui.models.hypernetworks import apply_hypernetworks, find_hypernetwork
 from webui.models.lora import apply_loras, find_lora, lora_hashes_infotext
 from webui.models.manager import LoadedModel, ModelManager
 from webui.models.vae import swap_vae
@@ -325,9 +326,11 @@ class Engine:
     @staticmethod
     def enter_model(stack: ExitStack, model: LoadedModel, vae, networks: ExtraNetworks,
                      req: GenerationRequest) -> None:
-        """What a job changes in a checkpoint for its time: the chosen VAE, its LoRAs, tiling's padding."""
+        """What a job changes in a checkpoint for its time: the chosen VAE, its LoRAs and hypernetworks, tiling's
+        padding."""
         stack.enter_context(swap_vae(model.pipe, vae))
         stack.enter_context(apply_loras(model.pipe, networks.items))
+        stack.enter_context(apply_hypernetworks(model.pipe.unet, networks.hypernets))
         stack.enter_context(seamless.circular_padding(model.pipe.unet, model.pipe.vae, enabled=bool(req.tiling)))
 
     def styled_prompts(self, req: GenerationRequest) -> tuple[str, str, str, str]:
@@ -340,7 +343,8 @@ class Engine:
         return prompt, negative, hr_prompt if req.hr_prompt else "", hr_negative if req.hr_negative_prompt else ""
 
     def _extra_networks(self, req: GenerationRequest) -> ExtraNetworks:
-        """The <lora:...> tags of the prompt (and hires prompt): what to apply, what was not found."""
+        """The <lora:...> and <hypernet:...> tags of the prompt (and hires prompt): what to apply, what was not
+        found."""
         found = ExtraNetworks()
         if req.disable_extra_networks:
             return found
@@ -348,6 +352,9 @@ class Engine:
             _, tags = prompt_parser.parse_extra_networks(text)
             for kind, params_list in tags.items():
                 for params in params_list:
+                    if kind == "hypernet":
+                        self._hypernet_tag(params, found)
+                        continue
                     if kind not in ("lora", "lyco"):
                         found.warnings.append(f"extra network type {kind!r} is not supported: <{kind}:"
                                               f"{':'.join(params.items)}> ignored")
@@ -360,6 +367,20 @@ class Engine:
                     found.items.append((info, m.te, m.unet))
                     found.used.append((params.name, info))
         return found
+
+    def _hypernet_tag(self, params, found: ExtraNetworks) -> None:
+        info = find_hypernetwork(self.models.hypernetworks, params.name)
+        if info is None:   # a file dropped in since the last listing is found without a restart
+            info = find_hypernetwork(self.models.refresh_hypernetworks(), params.name)
+        if info is None:
+            found.warnings.append(f"hypernetwork not found: {params.name}")
+            return
+        try:
+            multiplier = float(params.positional[1]) if len(params.positional) > 1 else 1.0
+        except ValueError:
+            raise InvalidField("prompt", f"<hypernet:{':'.join(params.items)}>: the multiplier is not a "
+                                         "number") from None
+        found.hypernets.append((self.models.hypernetwork(info), multiplier))
 
     def _txt2img_body(self, job: Job, req: GenerationRequest, opts: dict, sampler: str, schedule: str,
                       save: bool, hires: HiresPlan | None, model: LoadedModel, vae_info,
@@ -661,8 +682,10 @@ class Engine:
         serve (not for a job that applies a LoRA: the compiled graph holds the weights without it)."""
         if not opts.get("torch_compile"):
             return model.pipe.unet
-        if networks.items or req.tiling:   # the compiled graph holds the weights and padding it was made with
-            compiled, why_not = None, "a LoRA is applied" if networks.items else "tiling is on"
+        # the compiled graph holds the weights, hooks and padding it was made with
+        if networks.items or networks.hypernets or req.tiling:
+            compiled, why_not = None, ("a LoRA is applied" if networks.items else
+                                       "a hypernetwork is applied" if networks.hypernets else "tiling is on")
         else:
             compiled, why_not = self.models.compiled_unet(model)
         if compiled is None:

@@ -13,6 +13,7 @@ from webui.engine import conditioning
 class ExtraNetworks:
     items: list = field(default_factory=list)     # (LoraInfo, te weight, unet weight)
     used: list = field(default_factory=list)      # (name as written, LoraInfo)
+    hypernets: list = field(default_factory=list)  # (Hypernetwork, multiplier)
     warnings: list[str] = field(default_factory=list)
 
 

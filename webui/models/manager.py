@@ -16,6 +16,7 @@ from webui.core.errors import ModelLoadError, NotFound
 from webui.models import checkpoints
 from webui.models import controlnet as controlnet_lib
 from webui.models import embeddings as ti
+from webui.models import hypernetworks as hn_lib
 from webui.models import lora as lora_lib
 from webui.models import upscalers as upscalers_lib
 from webui.models import vae as vae_lib
@@ -85,12 +86,15 @@ class ModelManager:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self.checkpoints: list[CheckpointInfo] = []
         self.loras: list[lora_lib.LoraInfo] = []
+        self.hypernetworks: list[hn_lib.HypernetworkInfo] = []
+        self._hypernetwork_cache: OrderedDict[tuple, hn_lib.Hypernetwork] = OrderedDict()
         self.vaes: list[vae_lib.VaeInfo] = []
         self._embeddings: dict[tuple, tuple[dict, dict]] = {}
         self._vae_cache: dict[tuple, object] = {}
         self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
         self.refresh()
         self.refresh_loras()
+        self.refresh_hypernetworks()
         self.refresh_vaes()
         self.controlnets = controlnet_lib.ControlNetStore(paths.controlnet, placement, settings)
         self.upscalers: list[upscalers_lib.UpscalerFile] = []
@@ -107,6 +111,25 @@ class ModelManager:
     def refresh_loras(self) -> list[lora_lib.LoraInfo]:
         self.loras = lora_lib.scan_loras(self.paths.lora, previous=self.loras)
         return self.loras
+
+    def refresh_hypernetworks(self) -> list[hn_lib.HypernetworkInfo]:
+        self.hypernetworks = hn_lib.scan_hypernetworks(self.paths.hypernetworks)
+        return self.hypernetworks
+
+    def hypernetwork(self, info: hn_lib.HypernetworkInfo, keep: int = 8) -> hn_lib.Hypernetwork:
+        """The file's hypernetwork, read once and kept while the file is unchanged (the last ``keep``)."""
+        st = info.path.stat()
+        key = (str(info.path), st.st_size, st.st_mtime)
+        with self._lock:
+            if key in self._hypernetwork_cache:
+                self._hypernetwork_cache.move_to_end(key)
+                return self._hypernetwork_cache[key]
+        net = hn_lib.load_hypernetwork(info)
+        with self._lock:
+            self._hypernetwork_cache[key] = net
+            while len(self._hypernetwork_cache) > keep:
+                self._hypernetwork_cache.popitem(last=False)
+        return net
 
     def refresh_vaes(self) -> list[vae_lib.VaeInfo]:
         self.vaes = vae_lib.scan_vaes(self.paths.vae, self.paths.checkpoints, previous=self.vaes)

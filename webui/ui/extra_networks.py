@@ -1,5 +1,5 @@
-"""The extra networks panel: cards for LoRAs, embeddings and checkpoints; a click inserts the tag into the
-prompt (or, for a checkpoint, picks it), as in A1111."""
+"""The extra networks panel: cards for LoRAs, hypernetworks, embeddings and checkpoints; a click inserts the tag
+into the prompt (or, for a checkpoint, picks it), as in A1111."""
 from __future__ import annotations
 
 import gradio as gr
@@ -18,6 +18,9 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
     def lora_names() -> list[str]:
         return [i.name for i in models.loras]
 
+    def hypernetwork_names() -> list[str]:
+        return [i.name for i in models.hypernetworks]
+
     def embedding_names() -> list[str]:
         loaded, _ = models.embeddings()
         return sorted(loaded)
@@ -27,6 +30,10 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
             with gr.Tab("Lora", elem_id=f"{prefix}_lora_tab"):
                 loras = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(lora_names()),
                                    label="LoRA (click to add to the prompt)", elem_id=f"{prefix}_lora_cards")
+            with gr.Tab("Hypernetworks", elem_id=f"{prefix}_hypernetworks_tab"):
+                hypernets = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(hypernetwork_names()),
+                                       label="Hypernetworks (click to add to the prompt)",
+                                       elem_id=f"{prefix}_hypernetwork_cards")
             with gr.Tab("Textual Inversion", elem_id=f"{prefix}_textual_inversion_tab"):
                 embs = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(embedding_names()),
                                   label="Embeddings (click to add to the prompt)",
@@ -44,11 +51,16 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
         name = sample[0]
         return text if name.startswith("(") else add(f"<lora:{name}:1>", text)
 
+    def on_hypernet(sample, text):
+        name = sample[0]
+        return text if name.startswith("(") else add(f"<hypernet:{name}:1>", text)
+
     def on_embedding(sample, text):
         name = sample[0]
         return text if name.startswith("(") else add(name, text)
 
     loras.click(on_lora, [loras, prompt], prompt, queue=False)
+    hypernets.click(on_hypernet, [hypernets, prompt], prompt, queue=False)
     embs.click(on_embedding, [embs, prompt], prompt, queue=False)
     if checkpoint is not None:
         ckpts.click(lambda s: gr.update() if s[0].startswith("(") else s[0], ckpts, checkpoint.dropdown,
@@ -56,9 +68,10 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
 
     def do_refresh():
         models.refresh_loras()
+        models.refresh_hypernetworks()
         models.refresh_embeddings()
         models.refresh()
-        return (gr.Dataset(samples=_samples(lora_names())), gr.Dataset(samples=_samples(embedding_names())),
-                gr.Dataset(samples=_samples(models.titles())))
+        return (gr.Dataset(samples=_samples(lora_names())), gr.Dataset(samples=_samples(hypernetwork_names())),
+                gr.Dataset(samples=_samples(embedding_names())), gr.Dataset(samples=_samples(models.titles())))
 
-    refresh.click(do_refresh, None, [loras, embs, ckpts])
+    refresh.click(do_refresh, None, [loras, hypernets, embs, ckpts])

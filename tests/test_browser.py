@@ -743,3 +743,46 @@ def test_copy_image_to_another_img2img_sub_tab(page, data_dir, server, tmp_path)
         assert np.array_equal(got[~mask], want[~mask])
     finally:
         httpx.post(server + "/sdapi/v1/options", json={"save_init_img": False, "save_mask": False}, timeout=60)
+
+
+def test_soft_inpainting_settings_paste_and_reach_the_job(page, data_dir, tmp_path):
+    """The img2img tab's Soft inpainting: an infotext's keys pasted with ↙ tick it and set its sliders; the
+    job then runs with it and writes the keys back."""
+    from PIL import ImageDraw
+    src = Image.new("RGB", (64, 64), (40, 60, 200))
+    ImageDraw.Draw(src).ellipse((8, 16, 40, 48), fill=(220, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((32, 0, 63, 63), fill=255)
+    src.save(tmp_path / "src.png")
+    mask.save(tmp_path / "mask.png")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint upload").click()
+    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(tmp_path / "src.png"))
+    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_timeout(1000)
+    pasted = ("a red circle\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 64x64, Model: tiny-sd1, "
+              "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, Soft inpainting preservation "
+              "strength: 0.5, Soft inpainting transition contrast boost: 4, Soft inpainting mask influence: 0, "
+              "Soft inpainting difference threshold: 0.75, Soft inpainting difference contrast: 2")
+    page.locator("#img2img_prompt textarea").fill(pasted)
+    page.click("#img2img_paste")
+    page.click("#soft_inpainting .label-wrap")   # the accordion draws its contents once opened
+    page.wait_for_function("() => document.querySelector('#soft_inpainting_enabled input[type=checkbox]')?.checked")
+    page.wait_for_function("() => document.querySelector('#composite_difference_threshold input[type=number]')"
+                           "?.value === '0.75'")
+    assert page.locator("#mask_blend_power input[type=number]").input_value() == "1.5"
+    set_number(page, "img2img_mask_blur", 4)
+    page.click("#img2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_img2img').innerText.includes('Seed: 11')",
+                           timeout=120_000)
+    info = page.locator("#html_info_img2img").inner_text()
+    assert page.locator("#img2img_error").inner_text() == ""
+    assert "Soft inpainting enabled: True" in info and "Soft inpainting difference threshold: 0.75" in info
+    assert "Soft inpainting schedule bias: 1.5" in info
+    # untick: the next job runs without it
+    page.locator("#soft_inpainting_enabled input[type=checkbox]").uncheck()
+    set_number(page, "img2img_seed", 12)
+    page.click("#img2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_img2img').innerText.includes('Seed: 12')",
+                           timeout=120_000)
+    assert "Soft inpainting" not in page.locator("#html_info_img2img").inner_text()

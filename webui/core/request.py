@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from webui.core import samplers
+from webui.core import samplers, soft_inpainting
 from webui.core.errors import InvalidField
 
 VERSION = "studio-0.1.0"
@@ -302,6 +302,8 @@ def fields_from_infotext(parsed: dict[str, Any],
             pass
     if overrides:
         out["override_settings"] = overrides
+    if (soft := soft_inpainting.from_infotext(parsed)) is not None:
+        out["alwayson_scripts"] = {soft_inpainting.SCRIPT_KEY: {"args": soft}}
     if relink is not None and parsed.get("Lora hashes"):
         for key in ("prompt", "hr_prompt"):
             if out.get(key):

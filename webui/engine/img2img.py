@@ -12,10 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.core import soft_inpainting as soft_settings
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES
 from webui.engine import images as geo
 from webui.engine import sampling, saving
+from webui.engine import soft_inpainting as soft_inp
 from webui.engine.color_correction import apply_color_correction, correction_target
+from webui.engine.sampler_params import sigma_at
 
 
 @dataclass
@@ -79,6 +82,12 @@ class InitImages:
                                              jpeg_quality=int(opts.get("jpeg_quality", 80))))
         return written
 
+    def soft(self, req) -> soft_settings.SoftInpainting | None:
+        """The soft inpainting settings of an inpainting request (None: off, or no mask)."""
+        if self.mask is None:
+            return None
+        return soft_settings.from_request(getattr(req, "alwayson_scripts", None))
+
     def infotext(self, req) -> dict[str, Any]:
         p: dict[str, Any] = {}
         if req.resize_mode:
@@ -91,6 +100,8 @@ class InitImages:
             p["Inpaint area"] = "Only masked" if req.inpaint_full_res else "Whole picture"
             if req.inpaint_full_res:
                 p["Masked area padding"] = req.inpaint_full_res_padding
+            if (settings := self.soft(req)) is not None:
+                p.update(soft_settings.infotext(settings))
         return p
 
     def start(self, req, model, scheduler, plan: sampling.SamplingPlan, noise: torch.Tensor, indices: range,
@@ -105,6 +116,7 @@ class InitImages:
         mode = req.resize_mode
         bases = [geo.resize_image(mode, self.images[i % len(self.images)], w, h) for i in indices]
         work, regions, soft, latent_mask, work_mask = bases, None, None, None, None
+        settings = self.soft(req)
         if self.mask is not None:
             bx, by = self.blur(req)
             hard, soft = self.masks(req)
@@ -116,7 +128,9 @@ class InitImages:
                 work_mask = hard.crop(region).resize((w, h), Image.Resampling.NEAREST)
             if req.inpainting_fill == 0:
                 work = [geo.fill_masked(im, work_mask) for im in work]
-            latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:], req.mask_round).to(device)
+            # soft inpainting blends by the mask's shades, so it is not rounded (as A1111's script)
+            latent_mask = self._latent_mask(work_mask, bx, by, noise.shape[-2:],
+                                            req.mask_round and settings is None).to(device)
         # as A1111: each result is corrected towards the picture it was drawn from (the masked area's crop), or
         # towards the targets a script gave (none past their count)
         if self.color_targets is not None:
@@ -138,6 +152,18 @@ class InitImages:
                 torch.from_numpy(np.asarray(work_mask, dtype=np.float32) / 255.0)[None, None]
             plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, hard_mask, mask_weight, (h, w),
                                                     len(work), per_image).to(device)
+        elif latent_mask is not None and settings is not None:
+            def soft_blend(i: int, latents: torch.Tensor) -> None:
+                # weighted by the noise level of the step just taken, as A1111's blend in its denoiser; the last
+                # step too (the unmasked part ends as the original's latents), not followed by a hard blend
+                if i + 1 < len(timesteps):
+                    keep = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(len(init)))
+                else:
+                    keep = init
+                weight = soft_inp.blend_weight(settings, latent_mask, sigma_at(scheduler, timesteps[i]))
+                latents.copy_(soft_inp.latent_blend(settings, keep, latents, weight))
+
+            plan.after_step.insert(0, soft_blend)
         elif latent_mask is not None:
             def blend(i: int, latents: torch.Tensor) -> None:
                 if i + 1 < len(timesteps):
@@ -147,6 +173,13 @@ class InitImages:
                 latents.mul_(latent_mask).add_(keep * (1 - latent_mask))
 
             plan.after_step.insert(0, blend)
+        final: dict[str, torch.Tensor] = {}
+        if settings is not None and latent_mask is not None:
+            def keep_final(i: int, latents: torch.Tensor) -> None:
+                if i + 1 == len(timesteps):
+                    final["latents"] = latents.detach().clone()
+
+            plan.after_step.append(keep_final)
 
         def finish(generated: list) -> tuple[list, list | None]:
             before = None
@@ -155,14 +188,20 @@ class InitImages:
                 generated = [gen if t is None else apply_color_correction(t, gen) for t, gen in zip(targets, generated)]
             if self.mask is None:
                 return generated, before
+            shown_through = [soft] * len(bases)
+            if "latents" in final:   # soft inpainting: the original goes back where the latents hardly moved
+                shown_through = soft_inp.composite_masks(settings, latent_mask.expand(len(init), -1, -1, -1),
+                                                         init, final["latents"], (w, h))
+                if regions is not None:
+                    shown_through = [_uncrop(m, bases[0].size, regions) for m in shown_through]
             out = []
-            for base, gen in zip(bases, generated):
+            for base, gen, through in zip(bases, generated, shown_through):
                 if regions is not None:
                     x1, y1, x2, y2 = regions
                     pasted = base.copy()
                     pasted.paste(gen.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
                     gen = pasted
-                out.append(geo.composite(base, gen, soft))
+                out.append(geo.composite(base, gen, through))
             return out, before
 
         return timesteps, start, finish
@@ -176,6 +215,14 @@ class InitImages:
         if round_it:
             arr = np.around(arr)
         return torch.from_numpy(arr)[None, None]
+
+
+def _uncrop(mask: Image.Image, size: tuple[int, int], region: tuple[int, int, int, int]) -> Image.Image:
+    """A mask made for the "Only masked" crop, placed in a black picture of the whole size."""
+    x1, y1, x2, y2 = region
+    full = Image.new("L", size, 0)
+    full.paste(mask.resize((x2 - x1, y2 - y1), Image.Resampling.LANCZOS), (x1, y1))
+    return full
 
 
 def inpaint_conditioning(vae, images: torch.Tensor | None, mask: torch.Tensor | None, weight: float,

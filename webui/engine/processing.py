@@ -14,7 +14,7 @@ from PIL import Image
 from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core import infotext as infotext_fmt
-from webui.core import prompt_parser
+from webui.core import prompt_parser, soft_inpainting
 from webui.core import samplers as core_samplers
 from webui.core.errors import InvalidField, NotFound, StudioError
 from webui.core.request import (
@@ -223,6 +223,7 @@ class Engine:
             raise InvalidField("override_settings", str(e)) from None
         limits = Limits(int(opts["max_batch_size"]), int(opts["max_batch_count"]), int(opts["max_image_side"]))
         sampler, schedule = validate(req, limits)
+        soft_inpainting.from_request(getattr(req, "alwayson_scripts", None))   # its args, before queueing
         self.styles.resolve(req.styles)   # an unknown style fails before queueing
         if sampler not in engine_samplers.available():
             raise InvalidField("sampler_name", f"unknown sampler {sampler!r}; valid: "

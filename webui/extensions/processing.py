@@ -27,7 +27,7 @@ from webui.extensions.script import PostprocessImageArgs
 
 # alwayson_scripts names the engine itself serves (features that ride that field in A1111's API, e.g. the
 # ControlNet extension's units): not Script classes; they travel on with every run of p.
-ENGINE_ALWAYSON = frozenset({"controlnet"})
+ENGINE_ALWAYSON = frozenset({"controlnet", "soft inpainting"})
 
 
 @dataclass

@@ -3,9 +3,12 @@ follows the job's progress. img2img adds A1111's sub-tabs (img2img, sketch, inpa
 upload) and the inpainting options."""
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import gradio as gr
 
 from webui.core import samplers as core_samplers
+from webui.core import soft_inpainting as soft_settings
 from webui.core.errors import StudioError
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, Img2ImgRequest
 from webui.engine import samplers as engine_samplers
@@ -17,7 +20,7 @@ from webui.extensions.runner import ScriptRunner
 from webui.ui import styles_ui
 from webui.ui.common import error_html, info_html, progress_html
 from webui.ui.controlnet_ui import ControlNetSection
-from webui.ui.pnginfo_tab import USE_SAME
+from webui.ui.pnginfo_tab import SOFT_FIELDS, USE_SAME
 from webui.ui.scripts_ui import ScriptsUI
 
 
@@ -195,6 +198,7 @@ class GenerationTab:
         if m == "img2img":
             self.fields["denoising_strength"] = self.i2i_denoise
             self.fields.update(self.i2i_fields)
+            self.fields.update(self.soft_fields)
             self.fields.update(scale_by_tab=self.scale_tab, scale_by=self.scale)
         cn_inputs = self.controlnet.inputs if self.controlnet else []
         inputs = list(self.fields.values()) + self.init_inputs + cn_inputs
@@ -241,6 +245,8 @@ class GenerationTab:
                 if self.scripts_ui is not None:
                     for key, value in self.scripts_ui.request_fields(script_values).items():
                         setattr(req, key, value)
+                if m == "img2img" and (soft := soft_request_args(kw)) is not None:
+                    req.alwayson_scripts = {**(req.alwayson_scripts or {}), soft_settings.SCRIPT_KEY: {"args": soft}}
                 if self.controlnet is not None:
                     req.alwayson_scripts = {**(req.alwayson_scripts or {}),
                                             "controlnet": {"args": self.controlnet.units_for_request(list(cn_values))}}
@@ -449,9 +455,39 @@ class GenerationTab:
                                 label="Inpaint area", elem_id="img2img_inpaint_full_res")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                     elem_id="img2img_inpaint_full_res_padding")
+            with gr.Accordion("Soft inpainting", open=False, elem_id="soft_inpainting"):
+                soft_on = gr.Checkbox(False, label="Soft inpainting", elem_id="soft_inpainting_enabled",
+                                      info="Blend the inpainted content into the original by the mask's shades; "
+                                           "a high mask blur is recommended")
+                soft_values = [gr.Slider(low, high, value=default, step=step, label=label, info=info, elem_id=eid)
+                               for (low, high), default, step, label, info, eid in zip(
+                                   soft_settings.RANGES, astuple(soft_settings.SoftInpainting()), SOFT_STEPS,
+                                   SOFT_LABELS, SOFT_INFO, SOFT_IDS)]
         self.i2i_fields = {"resize_mode": resize, "mask_blur": blur, "inpainting_mask_invert": invert,
                            "inpainting_fill": fill, "inpaint_full_res": area,
                            "inpaint_full_res_padding": padding}
+        self.soft_fields = {"soft_inpainting": soft_on, **dict(zip(SOFT_FIELDS, soft_values))}
+
+
+# soft inpainting's sliders, as A1111's script shows them (labels, hints, element ids)
+SOFT_STEPS = (0.1, 0.05, 0.5, 0.05, 0.25, 0.25)
+SOFT_LABELS = ("Schedule bias", "Preservation strength", "Transition contrast boost", "Mask influence",
+               "Difference threshold", "Difference contrast")
+SOFT_INFO = ("Shifts when preservation of original content occurs during denoising.",
+             "How strongly partially masked content should be preserved.",
+             "Amplifies the contrast that may be lost in partially masked regions.",
+             "How strongly the original mask should bias the difference threshold.",
+             "How much an image region can change before the original pixels are not blended in anymore.",
+             "How sharp the transition should be between blended and not blended.")
+SOFT_IDS = ("mask_blend_power", "mask_blend_scale", "inpaint_detail_preservation", "composite_mask_influence",
+            "composite_difference_threshold", "composite_difference_contrast")
+
+
+def soft_request_args(kw: dict) -> list | None:
+    """The alwayson args of the form's soft inpainting, or None while it is off."""
+    if not kw.get("soft_inpainting"):
+        return None
+    return [True, *(float(kw[k]) for k in SOFT_FIELDS)]
 
 
 def _extra_fields(kw: dict) -> dict:

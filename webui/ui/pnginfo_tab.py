@@ -6,6 +6,7 @@ import html
 import gradio as gr
 
 from webui.core import infotext as infotext_fmt
+from webui.core import soft_inpainting as soft_settings
 from webui.core.request import fields_from_infotext
 from webui.engine import saving
 from webui.models.lora import relink_loras
@@ -30,6 +31,19 @@ USE_SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use
 """The hires dropdowns' first choice: the first pass's checkpoint, sampler, schedule (a request's None)."""
 
 
+# the img2img tab's soft inpainting sliders, in the order of the script's args after "enabled"
+SOFT_FIELDS = ("soft_schedule_bias", "soft_preservation_strength", "soft_transition_contrast_boost",
+               "soft_mask_influence", "soft_difference_threshold", "soft_difference_contrast")
+
+
+def soft_paste_values(fields: dict) -> dict:
+    """The soft inpainting fields from the request fields an infotext gave (off when it says nothing of it)."""
+    args = ((fields.get("alwayson_scripts") or {}).get(soft_settings.SCRIPT_KEY) or {}).get("args")
+    if not args:
+        return {"soft_inpainting": False}
+    return {"soft_inpainting": True, **dict(zip(SOFT_FIELDS, args[1:]))}
+
+
 def paste_values(text: str, fields: dict, models=None) -> list:
     """Values for a generation tab's components from an infotext (unchanged where the infotext says nothing);
     with the model manager, the prompt's LoRA tags name the files whose hashes the infotext records, and checkpoint
@@ -43,6 +57,7 @@ def paste_values(text: str, fields: dict, models=None) -> list:
               **fields_from_infotext(parsed, relink=relink)}
     values["subseed_show"] = bool(values["subseed_strength"]) or values["seed_resize_from_w"] > 0
     values["refiner_enabled"] = bool(values.get("refiner_checkpoint"))
+    values.update(soft_paste_values(values))
     for key in ("refiner_checkpoint", "hr_checkpoint_name"):
         if models is not None and values.get(key) and values[key] != USE_SAME.get(key):
             try:

@@ -218,3 +218,45 @@ def test_old_infotexts_hypernet_key_becomes_a_tag():
           "Hypernet strength: 0.8"
     assert parse_infotext(old)["Prompt"] == "a castle<hypernet:anime:0.8>"
     assert parse_infotext(old.replace(", Hypernet strength: 0.8", ""))["Prompt"] == "a castle<hypernet:anime:1.0>"
+
+
+@needs_model
+def test_add_network_to_prompt_settings_and_the_default_multiplier(engine, data_dir):
+    """A1111's "Add network to prompt" (sd_hypernetwork, sd_lora): the tag goes at every prompt's end at the
+    "Default multiplier for extra networks", unless the prompt names that network already."""
+    blind(data_dir / "models" / "hypernetworks")
+    settings = {"sd_model_checkpoint": MODEL.name, "live_previews_enable": False}
+
+    def image(prompt, **opts):
+        req = GenerationRequest(prompt=prompt, steps=8, width=128, height=128, cfg_scale=7, seed=9,
+                                override_settings={**settings, **opts})
+        res = engine.txt2img(req, save=False)
+        return np.asarray(res.images[0], dtype=np.int16), res
+
+    prompt = "a large red circle on the left, blue background"
+    tagged, _ = image(prompt + "<hypernet:blind:0.5>")
+    added, res = image(prompt, sd_hypernetwork="blind", extra_networks_default_multiplier=0.5)
+    assert res.infotexts[0].startswith(prompt + "<hypernet:blind:0.5>\n")
+    assert np.array_equal(added, tagged)
+    named, res = image(prompt + " <hypernet:blind:0>", sd_hypernetwork="blind")   # named already: not added
+    assert "<hypernet:blind:1>" not in res.infotexts[0]
+    plain, res = image(prompt, sd_hypernetwork="nosuch")   # a name not found adds nothing
+    assert np.array_equal(named, plain) and "<hypernet" not in res.infotexts[0]
+
+
+def test_a_lora_tag_without_a_weight_takes_the_default_multiplier(engine, data_dir):
+    from lora_factory import make_kohya_lora, tiny_pipeline
+    pipe = tiny_pipeline(data_dir / "tmp-lora-default", "sd1", seed=1)
+    make_kohya_lora(data_dir / "models" / "Lora" / "defaultw.safetensors", pipe, rank=2, seed=5, scale=4.0)
+    engine.models.refresh_loras()
+
+    def image(prompt, **opts):
+        req = GenerationRequest(prompt=prompt, steps=4, width=64, height=64, seed=3,
+                                override_settings={"sd_model_checkpoint": "tiny-sd1.safetensors", **opts})
+        return np.asarray(engine.txt2img(req, save=False).images[0], dtype=np.int16)
+
+    half = image("a cat <lora:defaultw:0.5>")
+    assert np.array_equal(image("a cat <lora:defaultw>", extra_networks_default_multiplier=0.5), half)
+    assert not np.array_equal(image("a cat <lora:defaultw>"), half)
+    added = image("a cat", sd_lora="defaultw", extra_networks_default_multiplier=0.5)
+    assert np.array_equal(added, image("a cat<lora:defaultw:0.5>"))

@@ -113,6 +113,12 @@ def _defs() -> dict[str, Setting]:
         "outdir_save": s("log/images", "Directory for saving images using the Save button", "Paths for saving"),
         "outdir_init_images": s("outputs/init-images", "Directory for saving init images when using img2img",
                                 "Paths for saving"),
+        "sd_lora": s("None", "Add network to prompt: this LoRA's tag on every prompt", "Extra Networks"),
+        "sd_hypernetwork": s("None", "Add hypernetwork to prompt: this hypernetwork's tag on every prompt",
+                             "Extra Networks"),
+        "extra_networks_default_multiplier": s(1.0, "Default multiplier for extra networks (a card's tag; a "
+                                                    "<lora:name> tag without a weight)", "Extra Networks",
+                                                    minimum=0.0, maximum=2.0),
         "live_previews_enable": s(True, "Show live previews of the created image", "Live previews"),
         "show_progress_every_n_steps": s(10, "Live preview display period (steps; -1 or 0: no previews while "
                                          "sampling)", "Live previews", minimum=-1, maximum=100),

@@ -311,7 +311,7 @@ class Engine:
                  hooks: JobHooks | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
         vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
-        networks = self._extra_networks(req)
+        networks = self._extra_networks(req, opts)
         others = None
         try:
             with ExitStack() as stack:
@@ -334,22 +334,37 @@ class Engine:
         stack.enter_context(apply_hypernetworks(model.pipe.unet, networks.hypernets))
         stack.enter_context(seamless.circular_padding(model.pipe.unet, model.pipe.vae, enabled=bool(req.tiling)))
 
-    def styled_prompts(self, req: GenerationRequest) -> tuple[str, str, str, str]:
+    def styled_prompts(self, req: GenerationRequest, opts: dict | None = None) -> tuple[str, str, str, str]:
         """(prompt, negative prompt, hires prompt, hires negative prompt) with the request's styles applied, as
         A1111 applies them to every prompt of a job (the infotext records the styled text); an empty hires prompt
         stays empty (it means: the same as the first pass)."""
         prompt, negative = self.styles.apply(req.prompt, req.negative_prompt, req.styles)
+        prompt = self._added_networks(prompt, opts or {}, req)
         hr_prompt, hr_negative = (self.styles.apply(req.hr_prompt, req.hr_negative_prompt, req.styles)
                                   if req.styles else (req.hr_prompt, req.hr_negative_prompt))
         return prompt, negative, hr_prompt if req.hr_prompt else "", hr_negative if req.hr_negative_prompt else ""
 
-    def _extra_networks(self, req: GenerationRequest) -> ExtraNetworks:
+    def _added_networks(self, prompt: str, opts: dict, req: GenerationRequest) -> str:
+        """A1111's "Add network to prompt" settings (sd_lora, sd_hypernetwork): that network's tag at the prompt's
+        end, at the default multiplier, unless the prompt names it already or extra networks are off."""
+        if req.disable_extra_networks:
+            return prompt
+        multiplier = f"{float(opts.get('extra_networks_default_multiplier', 1.0)):g}"
+        _, tags = prompt_parser.parse_extra_networks(prompt)
+        for kind, key, names in (("lora", "sd_lora", [i.name for i in self.models.loras]),
+                                 ("hypernet", "sd_hypernetwork", [i.name for i in self.models.hypernetworks])):
+            name = str(opts.get(key) or "None")
+            if name != "None" and name in names and not any(p.name == name for p in tags.get(kind, [])):
+                prompt = f"{prompt}<{kind}:{name}:{multiplier}>"
+        return prompt
+
+    def _extra_networks(self, req: GenerationRequest, opts: dict | None = None) -> ExtraNetworks:
         """The <lora:...> and <hypernet:...> tags of the prompt (and hires prompt): what to apply, what was not
         found."""
         found = ExtraNetworks()
         if req.disable_extra_networks:
             return found
-        for text in filter(None, set(self.styled_prompts(req)[::2])):
+        for text in filter(None, set(self.styled_prompts(req, opts)[::2])):
             _, tags = prompt_parser.parse_extra_networks(text)
             for kind, params_list in tags.items():
                 for params in params_list:
@@ -364,7 +379,8 @@ class Engine:
                     if info is None:
                         found.warnings.append(f"LoRA not found: {params.name}")
                         continue
-                    m = prompt_parser.lora_multipliers(params)
+                    m = prompt_parser.lora_multipliers(params, float((opts or {}).get(
+                        "extra_networks_default_multiplier", 1.0)))
                     found.items.append((info, m.te, m.unet))
                     found.used.append((params.name, info))
         return found
@@ -393,7 +409,7 @@ class Engine:
         clip_skip = int(opts.get("CLIP_stop_at_last_layers", 1))
         total = req.batch_size * req.n_iter
         seeds, subseeds = job_seeds(req, total)
-        styled, styled_negative, hr_prompt, hr_negative = self.styled_prompts(req)
+        styled, styled_negative, hr_prompt, hr_negative = self.styled_prompts(req, opts)
         prompts = [styled] * total
         negatives = [styled_negative] * total
         res = GenerationResult([], [], seeds, subseeds, prompts, negatives, req, model.info.model_name,

@@ -85,7 +85,7 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
     ext_tabs = extensions.ui_tabs() if extensions else []   # their Blocks are made outside the page's
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
         ckpt = _checkpoint_bar(engine)
-        settings_tab.build_quicksettings(engine.settings, {"sd_vae": engine.models.vae_names})
+        settings_tab.build_quicksettings(engine.settings, dynamic_choices(engine))
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
                 t2i = GenerationTab(engine, "txt2img", scripts)
@@ -128,7 +128,7 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 with gr.Tab(tab.title, id=tab.elem_id, elem_id=f"tab_{tab.elem_id}"):
                     extensions.render_tab(tab)
             with gr.Tab("Settings", id="tab_settings", elem_id="tab_settings"):
-                settings_tab.build(engine.settings, {"sd_vae": engine.models.vae_names})
+                settings_tab.build(engine.settings, dynamic_choices(engine))
             if extensions is not None:
                 with gr.Tab("Extensions", id="tab_extensions", elem_id="tab_extensions"):
                     extensions_tab.build(extensions.extensions, engine.settings, extensions.flags,
@@ -142,3 +142,11 @@ def head_html() -> str:
     folder = Path(__file__).parent / "javascript"
     return "\n".join(f"<script data-studio=\"{f.name}\">\n{f.read_text(encoding='utf-8')}\n</script>"
                      for f in sorted(folder.glob("*.js")))
+
+
+def dynamic_choices(engine) -> dict:
+    """The settings whose choices are files found now: the VAE, and the networks "Add network to prompt" adds."""
+    models = engine.models
+    return {"sd_vae": models.vae_names,
+            "sd_lora": lambda: ["None", *(i.name for i in models.refresh_loras())],
+            "sd_hypernetwork": lambda: ["None", *(i.name for i in models.refresh_hypernetworks())]}

@@ -47,13 +47,18 @@ def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
         text = text or ""
         return f"{text}{' ' if text and not text.endswith(' ') else ''}{tag}"
 
+    def multiplier() -> str:
+        """The setting extra_networks_default_multiplier, as the tag writes it (1, 0.7)."""
+        value = float(engine.settings.get("extra_networks_default_multiplier", 1.0))
+        return f"{value:g}"
+
     def on_lora(sample, text):
         name = sample[0]
-        return text if name.startswith("(") else add(f"<lora:{name}:1>", text)
+        return text if name.startswith("(") else add(f"<lora:{name}:{multiplier()}>", text)
 
     def on_hypernet(sample, text):
         name = sample[0]
-        return text if name.startswith("(") else add(f"<hypernet:{name}:1>", text)
+        return text if name.startswith("(") else add(f"<hypernet:{name}:{multiplier()}>", text)
 
     def on_embedding(sample, text):
         name = sample[0]

@@ -156,3 +156,21 @@ def test_ordinary_model_has_no_inpainting_conditioning(inpaint_engine):
                                  save=False)
     assert "Conditional mask weight" not in res.infotexts[0]
     assert res.info()["is_using_inpainting_conditioning"] is False
+
+
+def test_soft_inpainting_on_an_inpainting_model_keeps_what_is_far_from_the_mask(inpaint_engine):
+    """Soft inpainting blends inpainting checkpoints' latents too (A1111 blends every model's): away from the
+    mask (the composite's filters reach two latent pixels, 16 px, past what changed) the picture is the
+    original's."""
+    src = picture().resize((128, 128), Image.Resampling.NEAREST)
+    mask = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(mask).rectangle((48, 48, 79, 79), fill=255)
+    req = Img2ImgRequest(prompt="a cat", steps=4, width=128, height=128, seed=3, denoising_strength=0.9,
+                         mask_blur=4, inpaint_full_res=False, inpainting_fill=1, override_settings=CKPT,
+                         alwayson_scripts={"soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}})
+    out = np.asarray(inpaint_engine.img2img(req, [src], mask, save=False).images[0], dtype=np.int16)
+    src_px = np.asarray(src, dtype=np.int16)
+    far = np.ones((128, 128), bool)
+    far[16:112, 16:112] = False
+    assert np.array_equal(out[far], src_px[far])
+    assert np.abs(out[52:76, 52:76] - src_px[52:76, 52:76]).mean() > 3   # the random model redrew the box

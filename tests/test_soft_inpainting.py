@@ -189,3 +189,24 @@ def test_api_takes_soft_inpainting_and_refuses_bad_args(server):
     bad = {**body, "alwayson_scripts": {"soft inpainting": {"args": [True, 1, 0.5, 0.5]}}}
     r = httpx.post(server + "/sdapi/v1/img2img", json=bad, timeout=300)
     assert r.status_code == 422 and "transition_contrast_boost must be between 1 and 32" in r.json()["detail"]
+
+
+@needs_model
+def test_only_masked_area_with_soft_inpainting(engine):
+    """"Only masked": the crop is inpainted at the full size and its composite mask placed back where the crop
+    came from; the rest of the picture is the original's exactly."""
+    img, _ = _scene()
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:88, 80:112] = 255
+    req = Img2ImgRequest(prompt="a large red circle on the left and a small yellow star on the right, blue "
+                                "background", steps=12, width=128, height=128, cfg_scale=7, seed=2,
+                         denoising_strength=1.0, mask_blur=4, inpaint_full_res=True, inpaint_full_res_padding=8,
+                         inpainting_fill=1, override_settings={"sd_model_checkpoint": MODEL.name,
+                                                               "live_previews_enable": False},
+                         alwayson_scripts={"soft inpainting": {"args": DEFAULT_ARGS}})
+    out = np.asarray(engine.img2img(req, [Image.fromarray(img)], Image.fromarray(mask), save=False).images[0],
+                     dtype=np.int16)
+    box = np.zeros((128, 128), bool)
+    box[24:104, 64:128] = True   # the crop with its padding, and the composite mask's blur around it
+    assert np.array_equal(out[~box], img[~box].astype(np.int16))
+    assert np.abs(out[40:88, 80:112] - img[40:88, 80:112]).max() > 30

@@ -147,12 +147,13 @@ class InitImages:
         start = sampling.noised_start(scheduler, init, noise, timesteps, plan.params, img2img=True)
         if model.inpainting:
             # The model sees the unmasked picture through its extra input channels, so (as diffusers'
-            # inpainting pipeline) the latents are not blended back each step.
+            # inpainting pipeline) the latents are not hard-blended back each step.
             hard_mask = None if work_mask is None else \
                 torch.from_numpy(np.asarray(work_mask, dtype=np.float32) / 255.0)[None, None]
             plan.unet_concat = inpaint_conditioning(pipe.vae, pixels, hard_mask, mask_weight, (h, w),
                                                     len(work), per_image).to(device)
-        elif latent_mask is not None and settings is not None:
+        if latent_mask is not None and settings is not None:
+            # soft inpainting blends inpainting checkpoints too, as A1111 blends every model
             def soft_blend(i: int, latents: torch.Tensor) -> None:
                 # weighted by the noise level of the step just taken, as A1111's blend in its denoiser; the last
                 # step too (the unmasked part ends as the original's latents), not followed by a hard blend
@@ -164,7 +165,7 @@ class InitImages:
                 latents.copy_(soft_inp.latent_blend(settings, keep, latents, weight))
 
             plan.after_step.insert(0, soft_blend)
-        elif latent_mask is not None:
+        elif latent_mask is not None and not model.inpainting:
             def blend(i: int, latents: torch.Tensor) -> None:
                 if i + 1 < len(timesteps):
                     keep = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(len(init)))

@@ -206,3 +206,52 @@ def test_ddim_eta_from_the_setting_or_the_request(engine):
     assert np.array_equal(px[1], px[2]) and np.array_equal(px[0], px[3])
     assert "Eta" not in plain.infotexts[0] and "Eta DDIM: 0.7," in setting.infotexts[0]
     assert pasted(setting.infotexts[0])["override_settings"]["eta_ddim"] == 0.7
+
+
+def test_ddim_cfgpp_step_renoises_along_the_unconditional_prediction():
+    """One DDIM CFG++ step, by hand: x_prev = sqrt(a_prev) x0(guided) + sqrt(1 - a_prev) eps_uncond (eta 0)."""
+    sch = ks.DDIMCFGPlusPlusScheduler.from_config({**SD, "set_alpha_to_one": False, "clip_sample": False})
+    sch.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, guided, uncond = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    t = int(sch.timesteps[3])
+    prev_t = t - 1000 // 10
+    a_t, a_prev = sch.alphas_cumprod[t], sch.alphas_cumprod[prev_t]
+    x0 = (x - (1 - a_t) ** 0.5 * guided) / a_t ** 0.5
+    want = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * uncond
+    torch.testing.assert_close(sch.step(guided, t, x, noise_uncond=uncond).prev_sample, want)
+    assert ks.DDIMCFGPlusPlusScheduler.cfg_scale_multiplier == pytest.approx(1 / 12.5)
+
+
+@needs_model
+def test_ddim_cfgpp_on_the_bundled_model(engine):
+    """A1111's CFG 7 (guidance 0.56 for CFG++) draws the prompt; CFG 1 (0.08) hardly follows it."""
+    cases = [("a large red circle on the left, blue background", ("red", "circle", "left", "blue")),
+             ("a large yellow square at the top, purple background", ("yellow", "square", "top", "purple")),
+             ("a large green triangle on the right, white background", ("green", "triangle", "right", "white"))]
+    right = {}
+    for cfg in (7.0, 1.0):
+        right[cfg] = 0
+        for prompt, want in cases:
+            for seed in (1, 2):
+                res = txt2img(engine, prompt=prompt, seed=seed, sampler_name="DDIM CFG++", cfg_scale=cfg)
+                a = sc.analyse(res.images[0])
+                right[cfg] += (a.colour, a.shape, a.position, a.background) == want
+        assert "Sampler: DDIM CFG++," in res.infotexts[0]
+    print(f"DDIM CFG++: right at CFG 7 {right[7.0]}/6, at CFG 1 {right[1.0]}/6")
+    assert right[7.0] >= 4 and right[1.0] <= 2
+
+
+@needs_model
+def test_cfg_below_one_mixes_towards_the_negative_prompt(engine):
+    """CFG 0 is the negative prompt's prediction alone (here the empty prompt's picture); between 0 and 1 the
+    two mix (the prompt's pass alone is only CFG 1's shortcut)."""
+    def px(**kw):
+        return np.asarray(txt2img(engine, steps=10, seed=4, sampler_name="Euler", **kw).images[0], dtype=np.int16)
+    empty = px(prompt="", cfg_scale=1)
+    zero = px(prompt="a large red circle on the left, blue background", cfg_scale=0)
+    one = px(prompt="a large red circle on the left, blue background", cfg_scale=1)
+    half = px(prompt="a large red circle on the left, blue background", cfg_scale=0.5)
+    assert int(np.abs(zero - empty).max()) <= 2 and float(np.abs(zero - empty).mean()) < 0.1
+    assert float(np.abs(one - empty).mean()) > 4
+    assert float(np.abs(half - one).mean()) > 1 and float(np.abs(half - empty).mean()) > 1

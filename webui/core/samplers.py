@@ -14,7 +14,7 @@ class SamplerDef:
 
 
 # A1111 v1.10 sampler names the studio runs (diffusers' schedulers and webui/engine/k_samplers.py), with that
-# sampler's own default schedule. Not offered: DPM adaptive (its step count is not fixed), DDIM CFG++.
+# sampler's own default schedule. Not offered: DPM adaptive (its step count is not fixed).
 SAMPLERS: tuple[SamplerDef, ...] = (
     SamplerDef("DPM++ 2M", ("k_dpmpp_2m",), "karras"),
     SamplerDef("DPM++ SDE", ("k_dpmpp_sde",), "karras"),
@@ -31,6 +31,7 @@ SAMPLERS: tuple[SamplerDef, ...] = (
     SamplerDef("DPM fast", ("k_dpm_fast",), uses_ensd=True),
     SamplerDef("Restart", ("restart",), "karras"),
     SamplerDef("DDIM", ("ddim",)),
+    SamplerDef("DDIM CFG++", ("ddim_cfgpp",)),
     SamplerDef("PLMS", ("plms",)),
     SamplerDef("UniPC", ("unipc",)),
     SamplerDef("LCM", ("k_lcm",)),

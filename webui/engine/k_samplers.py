@@ -1,4 +1,4 @@
-"""A1111's k-diffusion samplers that diffusers has no scheduler for: DPM++ 2S a, DPM fast and Restart.
+"""A1111's samplers that diffusers has no scheduler for: DPM++ 2S a, DPM fast, Restart (and DDIM CFG++, below).
 
 Each is a diffusers scheduler, so the engine's loop drives it as any other (scale_model_input, the UNet, step). The
 method itself is a generator that yields each point (latents, sigma) it needs the model's denoised prediction at and
@@ -13,7 +13,8 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -230,3 +231,32 @@ class RestartScheduler(PlannedScheduler):
                 x = x + (d + (x2 - denoised2) / sigma_next) / 2 * (sigma_next - sigma)
             last = sigma_next
         return x
+
+
+class DDIMCFGPlusPlusScheduler(DDIMScheduler):
+    """DDIM CFG++ (Chung et al. 2024, "manifold-constrained classifier-free guidance"), as A1111 1.10 runs it: the
+    guidance scale is the CFG scale / 12.5, the step's clean-image estimate comes from the guided noise prediction
+    but it is re-noised along the unconditional one. The engine's loop reads ``cfg_scale_multiplier`` and, seeing
+    ``wants_uncond``, passes that prediction as ``noise_uncond``."""
+
+    cfg_scale_multiplier = 1 / 12.5
+    wants_uncond = True
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             noise_uncond: torch.Tensor | None = None, return_dict: bool = True) -> DDIMSchedulerOutput | tuple:
+        out = super().step(model_output, timestep, sample, eta=eta, generator=generator)
+        if noise_uncond is not None:
+            prev_t = timestep - self.config.num_train_timesteps // self.num_inference_steps
+            a_t = self.alphas_cumprod[timestep]
+            a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+            std = eta * self._get_variance(timestep, prev_t) ** 0.5
+            eps_guided, eps_uncond = model_output, noise_uncond
+            if self.config.prediction_type == "v_prediction":
+                eps_guided = a_t ** 0.5 * model_output + (1 - a_t) ** 0.5 * sample
+                eps_uncond = a_t ** 0.5 * noise_uncond + (1 - a_t) ** 0.5 * sample
+            # the direction term along the unconditional noise instead of the guided one
+            out.prev_sample = out.prev_sample + (1 - a_prev - std ** 2) ** 0.5 * (eps_uncond - eps_guided)
+        if not return_dict:
+            return out.prev_sample, out.pred_original_sample
+        return out

@@ -21,7 +21,12 @@ from diffusers import (
 
 from webui.core import samplers
 from webui.core.errors import InvalidField
-from webui.engine.k_samplers import DPMFastScheduler, DPMPP2SAncestralScheduler, RestartScheduler
+from webui.engine.k_samplers import (
+    DDIMCFGPlusPlusScheduler,
+    DPMFastScheduler,
+    DPMPP2SAncestralScheduler,
+    RestartScheduler,
+)
 from webui.engine.sampler_params import sigma_at
 
 _CLASSES: dict[str, tuple[type, dict]] = {
@@ -41,6 +46,7 @@ _CLASSES: dict[str, tuple[type, dict]] = {
     "DPM fast": (DPMFastScheduler, {}),
     "Restart": (RestartScheduler, {}),
     "DDIM": (DDIMScheduler, {"set_alpha_to_one": False}),
+    "DDIM CFG++": (DDIMCFGPlusPlusScheduler, {"set_alpha_to_one": False}),
     "PLMS": (PNDMScheduler, {"skip_prk_steps": True}),
     "UniPC": (UniPCMultistepScheduler, {}),
     "LCM": (LCMScheduler, {}),
@@ -173,7 +179,7 @@ def ancestral_infotext(scheduler, sampler: str, opts: dict, eta: float | None = 
     out: dict[str, float] = {}
     if getattr(scheduler, "ancestral", False) and scheduler.eta != 1.0:
         out["Eta"] = scheduler.eta
-    if sampler == "DDIM" and eta:
+    if sampler in ("DDIM", "DDIM CFG++") and eta:
         out["Eta DDIM"] = eta
     sdef = samplers.find_sampler(sampler)
     delta = int(opts.get("eta_noise_seed_delta", 0) or 0)

@@ -87,6 +87,9 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
     if plan.params is not None:
         step_kw.update(plan.params.step_kwargs(sch))
     dtype = unet.dtype   # once per job: diffusers finds it by walking every module (12 ms for an SDXL UNet)
+    # DDIM CFG++ guides at CFG / 12.5 and steps along the unconditional prediction
+    cfg_scale = plan.cfg_scale * getattr(sch, "cfg_scale_multiplier", 1.0)
+    wants_uncond = getattr(sch, "wants_uncond", False)
     for i, t in enumerate(timesteps):
         if plan.switch is not None and plan.switch.due(i, t, len(timesteps)):
             unet, plan.conditioning = plan.switch.load()
@@ -108,9 +111,11 @@ def sample(unet, plan: SamplingPlan, latents: torch.Tensor, timesteps: torch.Ten
             skip = plan.params.skip_uncond(i, len(timesteps), sigma_at(sch, t))
             if skip:
                 plan.skipped.add(skip)
-        out = _denoise(unet, dtype, sch, latents, t, conds, uncond, plan.cfg_scale, plan.added_time_ids,
-                       plan.per_image, plan.unet_concat, residuals, skip_uncond=bool(skip))
-        stepped = sch.step(out, t, latents, **step_kw)
+        uncond_out: list | None = [] if wants_uncond else None
+        out = _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, plan.added_time_ids,
+                       plan.per_image, plan.unet_concat, residuals, skip_uncond=bool(skip), uncond_out=uncond_out)
+        extra = {"noise_uncond": torch.cat(uncond_out)} if uncond_out else {}
+        stepped = sch.step(out, t, latents, **step_kw, **extra)
         latents = stepped.prev_sample
         plan.denoised = _denoised(sch, stepped, latents)
         try:
@@ -138,11 +143,13 @@ def _denoised(sch, stepped, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, per_image, concat=None,
-             residuals=None, rows=None, skip_uncond=False):
+             residuals=None, rows=None, skip_uncond=False, uncond_out: list | None = None):
     """The guided noise prediction for the whole batch: uncond + cfg * sum_j w_j (cond_j - uncond)
     (composable diffusion when the prompt has AND parts). With ``skip_uncond`` the negative prompt's pass is not
-    run and the first AND part stands in for it (A1111's NGMS / Skip Early CFG)."""
-    guided = cfg_scale > 1.0 or len(conds) > 1
+    run and the first AND part stands in for it (A1111's NGMS / Skip Early CFG). ``uncond_out``, when given, gets
+    the unconditional prediction appended (DDIM CFG++: it runs at any scale). Otherwise at CFG 1 with one part, only
+    the prompt's pass runs."""
+    guided = cfg_scale != 1.0 or len(conds) > 1 or uncond_out is not None
     with_uncond = guided and not skip_uncond
     groups = ([uncond] if with_uncond else []) + [c for c, _ in conds]
     b = latents.shape[0]
@@ -154,7 +161,8 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
                                  [w[i:i + 1] if torch.is_tensor(w) else w for _, w in conds]))
             parts.append(_denoise(unet, dtype, sch, latents[i:i + 1], t, sub_conds, sub[0] if with_uncond else None,
                                   cfg_scale, None if time_ids is None else time_ids[i:i + 1], False,
-                                  None if concat is None else concat[i:i + 1], residuals, [i], skip_uncond))
+                                  None if concat is None else concat[i:i + 1], residuals, [i], skip_uncond,
+                                  uncond_out))
         return torch.cat(parts)
     scaled = sch.scale_model_input(latents, t)
     cond_flags = ([False] if with_uncond else []) + [True] * len(conds)
@@ -169,8 +177,12 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
         for k, o in zip(idx, out.chunk(len(idx))):
             outs[k] = o
     if not guided:
+        if uncond_out is not None:
+            uncond_out.append(outs[0])
         return outs[0]
     u = outs[0]   # the negative prompt's prediction, or the first part's standing in for it
+    if uncond_out is not None:
+        uncond_out.append(u)
     total = u
     for o, (_, w) in zip(outs[1:] if with_uncond else outs, conds):   # w: a number, or one per image (B,1,1,1)
         total = total + cfg_scale * (w.to(o) if torch.is_tensor(w) else w) * (o - u)

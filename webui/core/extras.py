@@ -6,6 +6,7 @@ from typing import Any
 
 EXTRAS_RESIZE_MODES = ("Scale by", "Scale to")
 FLIPS = ("Horizontal", "Vertical", "Both")
+OBJECTIVES = ("Maximize area", "Minimize error")   # "Auto-sized crop"'s choice
 
 
 @dataclass
@@ -30,6 +31,18 @@ class ExtrasRequest:
     split_threshold: float = 0.5            # split when short/long, against the target's, is below this
     split_overlap_ratio: float = 0.2
     flipped_copies: list[str] = field(default_factory=list)   # "Create flipped copies": Horizontal, Vertical, Both
+    focal_crop: bool = False                # "Auto focal point crop" (to the "Scale to" size, or the scaled size)
+    focal_crop_face_weight: float = 0.9
+    focal_crop_entropy_weight: float = 0.15
+    focal_crop_edges_weight: float = 0.5
+    focal_crop_debug: bool = False          # also output the picture with the points of interest drawn
+    autosized_crop: bool = False            # "Auto-sized crop"
+    autosized_crop_min_dim: int = 384
+    autosized_crop_max_dim: int = 768
+    autosized_crop_min_area: int = 64 * 64
+    autosized_crop_max_area: int = 640 * 640
+    autosized_crop_objective: str = "Maximize area"   # or "Minimize error"
+    autosized_crop_threshold: float = 0.1
 
 
 @dataclass

@@ -16,8 +16,8 @@ from PIL import Image, ImageOps
 
 from webui.core import infotext as infotext_fmt
 from webui.core.errors import InvalidField
-from webui.core.extras import FLIPS, ExtrasRequest, extras_params
-from webui.engine import saving, upscaling
+from webui.core.extras import FLIPS, OBJECTIVES, ExtrasRequest, extras_params
+from webui.engine import autocrop, saving, upscaling
 from webui.engine.jobs import Job
 
 
@@ -85,6 +85,21 @@ def plan_extras(models, req: ExtrasRequest, images: list, max_side: int) -> Extr
         raise InvalidField("split_threshold", "split_threshold must be between 0 and 1")
     if not 0.0 <= float(req.split_overlap_ratio) <= 0.9:
         raise InvalidField("split_overlap_ratio", "split_overlap_ratio must be between 0 and 0.9")
+    for name in ("focal_crop_face_weight", "focal_crop_entropy_weight", "focal_crop_edges_weight"):
+        if not 0.0 <= float(getattr(req, name)) <= 1.0:
+            raise InvalidField(name, f"{name} must be between 0 and 1")
+    if req.autosized_crop:
+        if req.autosized_crop_objective not in OBJECTIVES:
+            raise InvalidField("autosized_crop_objective", f"autosized_crop_objective must be one of "
+                                                           f"{', '.join(OBJECTIVES)}")
+        if not 64 <= int(req.autosized_crop_min_dim) <= int(req.autosized_crop_max_dim) <= max_side:
+            raise InvalidField("autosized_crop_min_dim", f"the auto-sized crop's sides need 64 <= min_dim <= "
+                                                         f"max_dim <= {max_side}")
+        if not 0 < int(req.autosized_crop_min_area) <= int(req.autosized_crop_max_area):
+            raise InvalidField("autosized_crop_min_area", "the auto-sized crop's areas need 0 < min_area <= "
+                                                          "max_area")
+        if not 0.0 <= float(req.autosized_crop_threshold) <= 1.0:
+            raise InvalidField("autosized_crop_threshold", "autosized_crop_threshold must be between 0 and 1")
     if req.split_oversized and req.resize_mode != 1:
         raise InvalidField("split_oversized", "splitting oversized images cuts pieces of the \"Scale to\" size: "
                                               "use resize_mode 1 (Scale to)")
@@ -177,10 +192,35 @@ def flipped(image: Image.Image, options: list[str]) -> list[Image.Image]:
     return out
 
 
+def _crops(models, image: Image.Image, source_size: tuple[int, int], req: ExtrasRequest, line: str
+           ) -> list[tuple[Image.Image, str]]:
+    """A1111's crops after the upscale: "Auto focal point crop" to the target size (the "Scale to" size, else the
+    scaled size), its debug picture after it; then "Auto-sized crop" (a picture no size fits stays as it is)."""
+    out = [(image, line)]
+    if req.focal_crop:
+        tw, th = ((req.upscaling_resize_w, req.upscaling_resize_h) if req.resize_mode == 1 else
+                  (int(source_size[0] * req.upscaling_resize), int(source_size[1] * req.upscaling_resize)))
+        weights = autocrop.FocalWeights(float(req.focal_crop_face_weight), float(req.focal_crop_entropy_weight),
+                                        float(req.focal_crop_edges_weight))
+        yunet = Path(models.paths.data) / "models" / "opencv" / autocrop.YUNET_FILE
+        cropped, shown = autocrop.focal_crop(image, tw, th, weights, yunet, bool(req.focal_crop_debug))
+        out = [(cropped, line)] + ([(shown, line)] if shown is not None else [])
+    if req.autosized_crop:
+        first, first_line = out[0]
+        size = autocrop.autosized_size(first.width, first.height, int(req.autosized_crop_min_dim),
+                                       int(req.autosized_crop_max_dim), int(req.autosized_crop_min_area),
+                                       int(req.autosized_crop_max_area), req.autosized_crop_objective,
+                                       float(req.autosized_crop_threshold))
+        if size is not None:
+            out[0] = (autocrop.centre_crop(first, *size), first_line)
+    return out
+
+
 def postprocess_one(models, image: Image.Image, req: ExtrasRequest, plan: ExtrasPlan, opts: dict, check=None
                     ) -> list[tuple[Image.Image, str]]:
     """Every output of one source: upscaled (or, with "Split oversized images", scaled by the upscaler and cut
-    into target-sized pieces), each followed by its flipped copies; with each one's "Postprocess ..." line."""
+    into target-sized pieces), then cropped (auto focal point, auto-sized) and followed by its flipped copies;
+    with each one's "Postprocess ..." line."""
     cut = split_boxes(image.width, image.height, req.upscaling_resize_w, req.upscaling_resize_h,
                       float(req.split_threshold), float(req.split_overlap_ratio)) \
         if req.split_oversized and req.resize_mode == 1 else None
@@ -192,9 +232,10 @@ def postprocess_one(models, image: Image.Image, req: ExtrasRequest, plan: Extras
         params = {**extras_params(req, plan.upscaler_1, plan.upscaler_2, None), "Postprocess split": len(boxes)}
         outs = [(big.crop(box), infotext_fmt.format_params(params)) for box in boxes]
     result = []
-    for out, line in outs:
-        result.append((out, line))
-        result += [(copy, line) for copy in flipped(out, list(req.flipped_copies or []))]
+    for piece, piece_line in outs:
+        for out, line in _crops(models, piece, image.size, req, piece_line):
+            result.append((out, line))
+            result += [(copy, line) for copy in flipped(out, list(req.flipped_copies or []))]
     return result
 
 

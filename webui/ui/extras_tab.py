@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.core.errors import InvalidField, StudioError
-from webui.core.extras import FLIPS, ExtrasRequest
+from webui.core.extras import FLIPS, OBJECTIVES, ExtrasRequest
 from webui.engine import batch as batch_files
 from webui.engine import extras as extras_engine
 from webui.engine.processing import Engine
@@ -75,6 +75,35 @@ class ExtrasTab:
                                                     elem_id="postprocess_split_threshold")
                         split_overlap = gr.Slider(0.0, 0.9, value=0.2, step=0.05, label="Overlap ratio",
                                                   elem_id="postprocess_overlap_ratio")
+                with gr.Accordion("Auto focal point crop", open=False, elem_id="extras_focal_crop"):
+                    focal = gr.Checkbox(False, label="Crop to the target size around the point of interest",
+                                        elem_id="extras_focal_crop_enable")
+                    focal_face = gr.Slider(0.0, 1.0, value=0.9, step=0.05, label="Focal point face weight",
+                                           elem_id="postprocess_focal_crop_face_weight")
+                    focal_entropy = gr.Slider(0.0, 1.0, value=0.15, step=0.05, label="Focal point entropy weight",
+                                              elem_id="postprocess_focal_crop_entropy_weight")
+                    focal_edges = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Focal point edges weight",
+                                            elem_id="postprocess_focal_crop_edges_weight")
+                    focal_debug = gr.Checkbox(False, label="Create debug image",
+                                              elem_id="train_process_focal_crop_debug")
+                with gr.Accordion("Auto-sized crop", open=False, elem_id="extras_autosized_crop"):
+                    autosized = gr.Checkbox(False, label="Crop to the best size within these bounds",
+                                            elem_id="extras_autosized_crop_enable")
+                    with gr.Row():
+                        auto_min_dim = gr.Slider(64, 2048, value=384, step=64, label="Dimension lower bound",
+                                                 elem_id="postprocess_multicrop_mindim")
+                        auto_max_dim = gr.Slider(64, 2048, value=768, step=64, label="Dimension upper bound",
+                                                 elem_id="postprocess_multicrop_maxdim")
+                    with gr.Row():
+                        auto_min_area = gr.Slider(64 * 64, 2048 * 2048, value=64 * 64, step=1,
+                                                  label="Area lower bound", elem_id="postprocess_multicrop_minarea")
+                        auto_max_area = gr.Slider(64 * 64, 2048 * 2048, value=640 * 640, step=1,
+                                                  label="Area upper bound", elem_id="postprocess_multicrop_maxarea")
+                    with gr.Row():
+                        auto_objective = gr.Radio(list(OBJECTIVES), value=OBJECTIVES[0], label="Resizing objective",
+                                                  elem_id="postprocess_multicrop_objective")
+                        auto_threshold = gr.Slider(0, 1, value=0.1, step=0.01, label="Error threshold",
+                                                   elem_id="postprocess_multicrop_threshold")
                 with gr.Accordion("Create flipped copies", open=False, elem_id="extras_flipped_copies"):
                     flip = gr.Checkbox(False, label="Create flipped copies", elem_id="extras_flip_enable")
                     flip_options = gr.CheckboxGroup(list(FLIPS), value=["Horizontal"], label="Flips",
@@ -93,12 +122,17 @@ class ExtrasTab:
 
         refresh.click(do_refresh, None, [up1, up2], queue=False)
         inputs = [mode, self.image, files, input_dir, output_dir, show, resize_mode, resize, width, height, crop,
-                  up1, up2, vis2, split, split_threshold, split_overlap, flip, flip_options]
+                  up1, up2, vis2, split, split_threshold, split_overlap, flip, flip_options, focal, focal_face,
+                  focal_entropy, focal_edges, focal_debug, autosized, auto_min_dim, auto_max_dim, auto_min_area,
+                  auto_max_area, auto_objective, auto_threshold]
         generate.click(self.run, inputs, [gallery, progress, info, error], concurrency_limit=None,
                        show_progress="hidden")
 
     def run(self, mode, image, files, input_dir, output_dir, show, resize_mode, resize, width, height, crop, up1,
-            up2, vis2, split=False, split_threshold=0.5, split_overlap=0.2, flip=False, flip_options=()):
+            up2, vis2, split=False, split_threshold=0.5, split_overlap=0.2, flip=False, flip_options=(),
+            focal=False, focal_face=0.9, focal_entropy=0.15, focal_edges=0.5, focal_debug=False, autosized=False,
+            auto_min_dim=384, auto_max_dim=768, auto_min_area=64 * 64, auto_max_area=640 * 640,
+            auto_objective=OBJECTIVES[0], auto_threshold=0.1):
         e = self.engine
         try:
             req = ExtrasRequest(resize_mode=int(resize_mode), upscaling_resize=float(resize),
@@ -106,7 +140,15 @@ class ExtrasTab:
                                 upscaling_crop=bool(crop), upscaler_1=up1 or "None", upscaler_2=up2 or "None",
                                 extras_upscaler_2_visibility=float(vis2), split_oversized=bool(split),
                                 split_threshold=float(split_threshold), split_overlap_ratio=float(split_overlap),
-                                flipped_copies=list(flip_options or []) if flip else [])
+                                flipped_copies=list(flip_options or []) if flip else [],
+                                focal_crop=bool(focal), focal_crop_face_weight=float(focal_face),
+                                focal_crop_entropy_weight=float(focal_entropy),
+                                focal_crop_edges_weight=float(focal_edges), focal_crop_debug=bool(focal_debug),
+                                autosized_crop=bool(autosized), autosized_crop_min_dim=int(auto_min_dim),
+                                autosized_crop_max_dim=int(auto_max_dim), autosized_crop_min_area=int(auto_min_area),
+                                autosized_crop_max_area=int(auto_max_area),
+                                autosized_crop_objective=str(auto_objective),
+                                autosized_crop_threshold=float(auto_threshold))
             out_dir, limit = None, None
             if mode == "batch":
                 paths = [Path(f if isinstance(f, str) else f.name) for f in (files or [])]

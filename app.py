@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -49,6 +50,8 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None, extension
     scripts = default_runner(engine)   # built-in scripts; extensions' scripts join this registry
     runtime = ExtensionRuntime.start(engine, scripts.registry, extensions, args, lambda: schedule_restart(engine))
     mount_api(app, engine, flags, scripts)
+    if getattr(args, "api_server_stop", False):
+        _server_routes(app, engine)
     app.include_router(extensions_routes.build_router(extensions))
     demo = None
     if not args.nowebui:
@@ -80,6 +83,28 @@ def schedule_restart(engine: Engine) -> str:
         raise BadRequest("a job is running: restart when it has finished")
     threading.Timer(1.0, _restart_process).start()
     return "Restarting the studio; the page reloads when it is back."
+
+
+def _server_routes(app: FastAPI, engine: Engine) -> None:
+    """A1111's --api-server-stop routes: kill (at once), restart (the process re-executed with its flags), stop (the
+    server shut down, the process ends). Each answers before it acts."""
+    def later(action) -> None:
+        threading.Timer(0.5, action).start()
+
+    @app.post("/sdapi/v1/server-kill")
+    def server_kill():
+        later(lambda: os._exit(0))
+        return {"message": "killing the studio"}
+
+    @app.post("/sdapi/v1/server-restart")
+    def server_restart():
+        return {"message": schedule_restart(engine)}
+
+    @app.post("/sdapi/v1/server-stop")
+    def server_stop():
+        # the main thread's wait ends on SIGINT as on Ctrl+C: the server closes, the process exits 0
+        later(lambda: os.kill(os.getpid(), signal.SIGINT))
+        return {"message": "stopping the studio"}
 
 
 def _restart_process() -> None:

@@ -184,20 +184,26 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     assert page.locator("#setting_sd_model_checkpoint input").input_value().startswith(other)
 
 
+def upload_for_inpaint(page, folder, src: Image.Image, mask: Image.Image) -> None:
+    """img2img's Inpaint upload sub-tab with ``src`` and ``mask`` uploaded (both previews shown)."""
+    src.save(folder / "src.png")
+    mask.save(folder / "mask.png")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint upload").click()
+    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(folder / "src.png"))
+    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(folder / "mask.png"))
+    page.wait_for_function("() => document.querySelector('#img_inpaint_base img')"
+                           " && document.querySelector('#img_inpaint_mask img')")
+    page.wait_for_timeout(1000)   # as before: the upload's change event settles
+
+
 def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
     from PIL import ImageDraw
     src = Image.new("RGB", (64, 64), (40, 60, 200))
     ImageDraw.Draw(src).ellipse((16, 16, 48, 48), fill=(220, 30, 30))
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((8, 8, 28, 28), fill=255)
-    src.save(tmp_path / "src.png")
-    mask.save(tmp_path / "mask.png")
-    page.get_by_role("tab", name="img2img").first.click()
-    page.locator("#img2img_inpaint_upload_tab-button").click() if page.locator(
-        "#img2img_inpaint_upload_tab-button").count() else page.get_by_role("tab", name="Inpaint upload").click()
-    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(tmp_path / "src.png"))
-    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
-    page.wait_for_timeout(1000)
+    upload_for_inpaint(page, tmp_path, src, mask)
     for eid, v in (("img2img_steps", 4), ("img2img_width", 64), ("img2img_height", 64), ("img2img_seed", 5),
                    ("img2img_mask_blur", 0)):
         set_number(page, eid, v)
@@ -753,13 +759,7 @@ def test_soft_inpainting_settings_paste_and_reach_the_job(page, data_dir, tmp_pa
     ImageDraw.Draw(src).ellipse((8, 16, 40, 48), fill=(220, 30, 30))
     mask = Image.new("L", (64, 64), 0)
     ImageDraw.Draw(mask).rectangle((32, 0, 63, 63), fill=255)
-    src.save(tmp_path / "src.png")
-    mask.save(tmp_path / "mask.png")
-    page.get_by_role("tab", name="img2img").first.click()
-    page.get_by_role("tab", name="Inpaint upload").click()
-    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(tmp_path / "src.png"))
-    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(tmp_path / "mask.png"))
-    page.wait_for_timeout(1000)
+    upload_for_inpaint(page, tmp_path, src, mask)
     pasted = ("a red circle\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 64x64, Model: tiny-sd1, "
               "Soft inpainting enabled: True, Soft inpainting schedule bias: 1.5, Soft inpainting preservation "
               "strength: 0.5, Soft inpainting transition contrast boost: 4, Soft inpainting mask influence: 0, "

@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--nowebui", action="store_true", help="serve the API only, no UI")
     a("--gradio-auth", default=None, help="user:pass[,user2:pass2] for the UI")
     a("--api-auth", default=None, help="user:pass[,user2:pass2] for the API")
+    a("--api-server-stop", action="store_true",
+      help="offer POST /sdapi/v1/server-kill, server-restart and server-stop (as A1111's flag)")
     a("--data-dir", default=None, help="root of models/, outputs/, embeddings/, config.json")
     a("--ckpt-dir", default=None, help="extra folder of checkpoints")
     a("--lora-dir", default=None)

@@ -214,6 +214,22 @@ def test_train_tab_in_the_browser(studio):
         page.wait_for_function("() => document.querySelector('#train_result').innerText.includes("
                                "'train embedding complete')", timeout=180_000)
         assert "steps: 10" in page.locator("#train_result").inner_text()
+        # a hypernetwork, created and trained from the same tab (the bundled model's widths: 64, 128)
+        page.get_by_role("tab", name="Create hypernetwork").first.click()
+        page.locator("#train_new_hypernetwork_name textarea, #train_new_hypernetwork_name input").first.fill("uihn")
+        sizes = page.locator("#train_new_hypernetwork_sizes textarea, #train_new_hypernetwork_sizes input").first
+        sizes.fill("64, 128")
+        page.click("#train_create_hypernetwork")
+        page.wait_for_function("() => document.querySelector('#train_create_hypernetwork_result').innerText"
+                               ".includes('uihn.pt')")
+        page.get_by_role("tab", name="Train", exact=True).last.click()
+        page.wait_for_function("() => document.querySelector('#train_hypernetwork input').value === 'uihn'")
+        page.click("#train_train_hypernetwork")
+        page.wait_for_function("() => document.querySelector('#train_result').innerText.includes("
+                               "'train hypernetwork complete')", timeout=180_000)
+        assert "steps: 10" in page.locator("#train_result").inner_text()
         browser.close()
     assert torch.load(d / "embeddings" / "uicolour.pt", weights_only=True)["step"] == 10
-    assert sorted(p.name for p in (d / "textual_inversion").rglob("*.png")) == ["uicolour-10.png", "uicolour-5.png"]
+    assert torch.load(d / "models" / "hypernetworks" / "uihn.pt", weights_only=True)["step"] == 10
+    assert sorted(p.name for p in (d / "textual_inversion").rglob("*.png")) == ["uicolour-10.png", "uicolour-5.png",
+                                                                                 "uihn-10.png", "uihn-5.png"]

@@ -14,10 +14,12 @@ from pydantic import BaseModel
 from webui.api.controlnet_api import build_controlnet_router
 from webui.api.models import (
     CreateEmbeddingApiRequest,
+    CreateHypernetworkApiRequest,
     ExtrasBatchImagesApiRequest,
     ExtrasSingleImageApiRequest,
     Img2ImgApiRequest,
     TrainEmbeddingApiRequest,
+    TrainHypernetworkApiRequest,
     Txt2ImgRequest,
     to_request,
 )
@@ -26,7 +28,12 @@ from webui.core import samplers as core_samplers
 from webui.core.errors import BadRequest, InvalidField, NotAvailable, NotFound, StudioError
 from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import Img2ImgRequest, fields_from_infotext
-from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
+from webui.core.training import (
+    CreateEmbeddingRequest,
+    CreateHypernetworkRequest,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+)
 from webui.engine import extras as extras_engine
 from webui.engine import samplers as engine_samplers
 from webui.engine import sampling, saving
@@ -339,6 +346,16 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
     def train_embedding(body: TrainEmbeddingApiRequest):
         # as A1111's: the call returns when training has ended (POST /interrupt stops it, keeping what was learnt)
         result = engine.submit_train_embedding(to_request(body, TrainEmbeddingRequest)).wait()
+        return {"info": f"{result.info()} error: None"}
+
+    @r.post("/create/hypernetwork")
+    def create_hypernetwork(body: CreateHypernetworkApiRequest):
+        path = engine.create_hypernetwork(to_request(body, CreateHypernetworkRequest))
+        return {"info": f"Created: {path}"}
+
+    @r.post("/train/hypernetwork")
+    def train_hypernetwork(body: TrainHypernetworkApiRequest):
+        result = engine.submit_train_hypernetwork(to_request(body, TrainHypernetworkRequest)).wait()
         return {"info": f"{result.info()} error: None"}
 
     @r.get("/prompt-styles")

@@ -8,7 +8,12 @@ from pydantic import ConfigDict, Field, create_model
 
 from webui.core.extras import ExtrasBatchImages, ExtrasSingleImage
 from webui.core.request import GenerationRequest, Img2ImgRequest
-from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
+from webui.core.training import (
+    CreateEmbeddingRequest,
+    CreateHypernetworkRequest,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+)
 
 
 def _fields_of(cls) -> dict:
@@ -45,6 +50,14 @@ CreateEmbeddingApiRequest = create_model("CreateEmbeddingRequest", __config__=Co
 
 TrainEmbeddingApiRequest = create_model("TrainEmbeddingRequest", __config__=ConfigDict(extra="ignore"),
                                        **_fields_of(TrainEmbeddingRequest))
+
+
+CreateHypernetworkApiRequest = create_model("CreateHypernetworkRequest", __config__=ConfigDict(extra="ignore"),
+                                           **_fields_of(CreateHypernetworkRequest))
+
+
+TrainHypernetworkApiRequest = create_model("TrainHypernetworkRequest", __config__=ConfigDict(extra="ignore"),
+                                          **_fields_of(TrainHypernetworkRequest))
 
 
 def to_request(body, cls=GenerationRequest):

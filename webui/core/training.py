@@ -1,7 +1,8 @@
-"""The Train tab's requests (A1111's /sdapi/v1/create/embedding and /sdapi/v1/train/embedding fields)."""
+"""The Train tab's requests (A1111's /sdapi/v1/create/embedding, /train/embedding, /create/hypernetwork and
+/train/hypernetwork fields)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -35,3 +36,24 @@ class TrainEmbeddingRequest:
     save_embedding_every: int = 500
     template_filename: str = "subject_filewords.txt"
     seed: int = 0
+
+
+@dataclass
+class CreateHypernetworkRequest:
+    """A1111's /sdapi/v1/create/hypernetwork fields."""
+    name: str = ""
+    enable_sizes: list = field(default_factory=lambda: [768, 320, 640, 1024, 1280])
+    overwrite_old: bool = False
+    layer_structure: object = "1, 2, 1"     # "1, 2, 1" or [1, 2, 1]: widths as multiples of the input's
+    activation_func: str = "linear"
+    weight_init: str = "Normal"
+    add_layer_norm: bool = False
+    use_dropout: bool = False
+
+
+@dataclass
+class TrainHypernetworkRequest(TrainEmbeddingRequest):
+    """A1111's /sdapi/v1/train/hypernetwork fields: the embedding ones, for a hypernetwork."""
+    hypernetwork_name: str = ""
+    learn_rate: str = "0.00001"
+    save_hypernetwork_every: int = 500

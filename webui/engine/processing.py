@@ -29,12 +29,18 @@ from webui.core.request import (
     validate,
 )
 from webui.core.styles import StyleDatabase
-from webui.core.training import CreateEmbeddingRequest, TrainEmbeddingRequest
+from webui.core.training import (
+    CreateEmbeddingRequest,
+    CreateHypernetworkRequest,
+    TrainEmbeddingRequest,
+    TrainHypernetworkRequest,
+)
 from webui.engine import batch, conditioning, noise, refiner, sampling, saving, seamless
 from webui.engine import controlnet as cn_engine
 from webui.engine import images as images_lib
 from webui.engine import samplers as engine_samplers
 from webui.engine import train_embedding as train_emb
+from webui.engine import train_hypernetwork as train_hn
 from webui.engine.events import EngineEvents, ImageSaveParams
 from webui.engine.hires import HiresPlan, hires_upscalers
 from webui.engine.hooks import JobHooks
@@ -162,6 +168,36 @@ class Engine:
             finally:
                 self.models.refresh_embeddings()
         return self.jobs.submit(run, "train-embedding")
+
+    def create_hypernetwork(self, req: CreateHypernetworkRequest) -> Path:
+        """A new hypernetwork (models/hypernetworks/NAME.pt), usable at once."""
+        def run(job: Job) -> Path:
+            model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
+            path = train_hn.create_hypernetwork(model, self.paths.hypernetworks, req)
+            self.models.refresh_hypernetworks()
+            return path
+        return self.jobs.submit(run, "create-hypernetwork").wait()
+
+    def submit_train_hypernetwork(self, req: TrainHypernetworkRequest) -> Job:
+        """As submit_train_embedding, for a hypernetwork; its previews draw with what it has learnt so far."""
+        train_hn.check_train_request(req, self.paths.hypernetworks, self.paths.ti_templates)
+
+        def preview(job: Job, prompt: str):
+            res = self.run_in_job(job, GenerationRequest(
+                prompt=prompt, steps=20, width=req.training_width, height=req.training_height, cfg_scale=7.0,
+                sampler_name="Euler a", seed=req.seed, override_settings={"live_previews_enable": False}),
+                save=False)
+            return res.images[0], res.infotexts[0]
+
+        def run(job: Job) -> train_emb.TrainResult:
+            model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
+            try:
+                return train_hn.train_hypernetwork(job, model, req, self.paths.hypernetworks,
+                                                   self.paths.data / req.log_directory, self.paths.ti_templates,
+                                                   lambda prompt: preview(job, prompt))
+            finally:
+                self.models.refresh_hypernetworks()
+        return self.jobs.submit(run, "train-hypernetwork")
 
     def init_images(self, req: Img2ImgRequest, images: list, mask, opts: dict) -> InitImages:
         """The checked init images and mask of an img2img request (InvalidField before any work)."""

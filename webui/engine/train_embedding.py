@@ -43,9 +43,10 @@ class TrainResult:
     interrupted: bool
     saved: list[Path]
     images: list[Path] = field(default_factory=list)
+    kind: str = "embedding"
 
     def info(self) -> str:
-        return f"train embedding complete: filename: {self.path} steps: {self.steps} loss: {self.loss:.5f}" + \
+        return f"train {self.kind} complete: filename: {self.path} steps: {self.steps} loss: {self.loss:.5f}" + \
             (" (interrupted)" if self.interrupted else "")
 
 
@@ -207,6 +208,11 @@ def check_train_request(req: TrainEmbeddingRequest, embeddings_folder: Path, tem
     if not path.exists():
         raise InvalidField("embedding_name", f"no embedding {req.embedding_name!r} in {embeddings_folder} "
                                              f"(create it first)")
+    return (path, *check_training(req, templates))
+
+
+def check_training(req: TrainEmbeddingRequest, templates: Path) -> tuple[list[str], list[tuple[float, int]]]:
+    """(the template's lines, the rate schedule) of any training request; InvalidField before any work."""
     if req.steps < 1 or req.batch_size < 1 or req.gradient_step < 1:
         raise InvalidField("steps", "steps, batch_size and gradient_step must be at least 1")
     if req.training_width % 8 or req.training_height % 8 or min(req.training_width, req.training_height) < 64:
@@ -226,7 +232,21 @@ def check_train_request(req: TrainEmbeddingRequest, embeddings_folder: Path, tem
     lines = [ln.strip() for ln in template.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
         raise InvalidField("template_filename", f"{template.name} holds no prompt lines")
-    return path, lines, learn_rate_schedule(req.learn_rate, req.steps)
+    return lines, learn_rate_schedule(req.learn_rate, req.steps)
+
+
+@dataclass
+class Trainee:
+    """What a training run trains: its parameters, how a batch's prompts become the UNet's conditioning (through
+    the parameters where they are in it), and how it is saved (to ``path``, and as copies in the log folder)."""
+    kind: str                                       # "embedding" / "hypernetwork"
+    name: str
+    path: Path
+    params: list
+    encode: Callable[[list[str]], torch.Tensor]
+    save: Callable[[Path, int], None]               # (file, step)
+    step0: int = 0
+    save_every: int = 0
 
 
 def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddings_folder: Path,
@@ -236,10 +256,6 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
     schedule ends or the job is interrupted; then save it over its file (and copies every save_embedding_every
     steps in ``log_root/<date>/<name>/embeddings``). ``preview(prompt)`` draws (image, infotext) with the
     embedding as saved: every create_image_every steps, into ``log_root/<date>/<name>/images``."""
-    import datetime
-
-    from diffusers import DDPMScheduler
-
     path, lines, schedule = check_train_request(req, embeddings_folder, templates)
     encoder, tokenizer = _one_encoder(model)
     found = ti.read_embedding_file(path)
@@ -250,20 +266,46 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
     if start.shape[-1] != width:
         raise InvalidField("embedding_name", f"{path.name} has width {start.shape[-1]}; this model's text "
                                              f"encoder takes {width}")
+    device = next(model.pipe.unet.parameters()).device
+    vectors = torch.nn.Parameter(start.detach().float().clone().to(device))
+    emb = ti.Embedding(req.embedding_name, {"text_encoder": vectors}, path=path)
+    lookup = ti.EmbeddingLookup({req.embedding_name: emb}, tokenizer)
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        rows, reps = [], []
+        for p in prompts:
+            r, rep, _ = ti.chunk_ids_with_embeddings(tokenizer, p, lookup)
+            rows.append(r[0])
+            reps.append(rep[0])
+        return ti.encode_with_embeddings(encoder, torch.tensor(rows, device=device), reps)[0]
+
+    trainee = Trainee("embedding", req.embedding_name, path, [vectors], encode,
+                      lambda file, step: _save_pt(file, req.embedding_name, vectors, step, model),
+                      found.step or 0, req.save_embedding_every)
+    return train(job, model, req, trainee, lines, schedule, log_root, preview)
+
+
+def train(job, model: LoadedModel, req: TrainEmbeddingRequest, trainee: Trainee, lines: list[str],
+          schedule: list[tuple[float, int]], log_root: Path,
+          preview: Callable[[str], tuple[object, str]] | None = None) -> TrainResult:
+    """The training loop both kinds share: A1111's batches, gradient accumulation, latent sampling, alpha weights,
+    clipping, rate schedule, copies and previews; the model's own weights frozen."""
+    import datetime
+
+    from diffusers import DDPMScheduler
+
     samples = _load_dataset(req, model)
     pipe = model.pipe
     unet, device = pipe.unet, next(pipe.unet.parameters()).device
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     v_pred = noise_sched.config.prediction_type == "v_prediction"
-    vectors = torch.nn.Parameter(start.detach().float().clone().to(device))
-    emb = ti.Embedding(req.embedding_name, {"text_encoder": vectors}, path=path)
-    lookup = ti.EmbeddingLookup({req.embedding_name: emb}, tokenizer)
-    optimizer = torch.optim.AdamW([vectors], lr=schedule[0][0], weight_decay=0.0)
+    params = trainee.params
+    optimizer = torch.optim.AdamW(params, lr=schedule[0][0], weight_decay=0.0)
     rng, gen = random.Random(req.seed), torch.Generator().manual_seed(req.seed)
     once = [s.latents_mean + s.latents_std * torch.randn(s.latents_mean.shape, generator=gen) for s in samples]
-    step0 = found.step or 0
-    run_dir = Path(log_root) / datetime.date.today().isoformat() / req.embedding_name
-    log_dir = run_dir / "embeddings"
+    step0, name = trainee.step0, trainee.name
+    run_dir = Path(log_root) / datetime.date.today().isoformat() / name
+    log_dir = run_dir / f"{trainee.kind}s"
     saved: list[Path] = []
     images: list[Path] = []
     job.progress.sampling_steps, job.progress.job_count = req.steps, 1
@@ -290,14 +332,8 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
                     samples[i].latents_mean + samples[i].latents_std * torch.randn(
                         samples[i].latents_mean.shape, generator=gen)
                     for i in batch]).to(device, unet.dtype)
-                prompts = [_prompt(rng.choice(lines), req.embedding_name, samples[i].filewords, req, rng)
-                           for i in batch]
-                rows, reps = [], []
-                for p in prompts:
-                    r, rep, _ = ti.chunk_ids_with_embeddings(tokenizer, p, lookup)
-                    rows.append(r[0])
-                    reps.append(rep[0])
-                cond = ti.encode_with_embeddings(encoder, torch.tensor(rows, device=device), reps)[0]
+                prompts = [_prompt(rng.choice(lines), name, samples[i].filewords, req, rng) for i in batch]
+                cond = trainee.encode(prompts)
                 noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
                 t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(batch),), generator=gen)
                 noisy = noise_sched.add_noise(latents, noise, t.to(device))
@@ -311,28 +347,26 @@ def train_embedding(job, model: LoadedModel, req: TrainEmbeddingRequest, embeddi
                 loss.backward()
                 total += float(loss.detach())
             if req.clip_grad_mode == "value":
-                torch.nn.utils.clip_grad_value_([vectors], float(req.clip_grad_value))
+                torch.nn.utils.clip_grad_value_(params, float(req.clip_grad_value))
             elif req.clip_grad_mode == "norm":
-                torch.nn.utils.clip_grad_norm_([vectors], float(req.clip_grad_value))
+                torch.nn.utils.clip_grad_norm_(params, float(req.clip_grad_value))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value, done = total, step
             job.progress.sampling_step = step
-            job.progress.textinfo = f"Training embedding {req.embedding_name}: step {step}/{req.steps}, " \
-                                    f"loss {total:.5f}"
-            if req.save_embedding_every > 0 and step % req.save_embedding_every == 0:
-                copy = log_dir / f"{req.embedding_name}-{step0 + step}.pt"
-                _save_pt(copy, req.embedding_name, vectors, step0 + step, model)
+            job.progress.textinfo = f"Training {trainee.kind} {name}: step {step}/{req.steps}, loss {total:.5f}"
+            if trainee.save_every > 0 and step % trainee.save_every == 0:
+                copy = log_dir / f"{name}-{step0 + step}.pt"
+                trainee.save(copy, step0 + step)
                 saved.append(copy)
             if preview is not None and req.create_image_every > 0 and step % req.create_image_every == 0:
-                _save_pt(path, req.embedding_name, vectors, step0 + step, model)   # what the preview reads
+                trainee.save(trainee.path, step0 + step)   # what the preview reads
                 with torch.no_grad():
                     image, text = preview(prompts[0])
-                images.append(saving.save_named(image, run_dir / "images", f"{req.embedding_name}-{step0 + step}",
-                                                text))
+                images.append(saving.save_named(image, run_dir / "images", f"{name}-{step0 + step}", text))
                 job.progress.sampling_steps, job.progress.sampling_step = req.steps, step
                 job.progress.job_count, job.progress.job_no = 1, 0
     if not done:
         raise StudioError("training stopped before its first step (interrupted)")
-    _save_pt(path, req.embedding_name, vectors, step0 + done, model)
-    return TrainResult(path, done, loss_value, interrupted, saved, images)
+    trainee.save(trainee.path, step0 + done)
+    return TrainResult(trainee.path, done, loss_value, interrupted, saved, images, trainee.kind)

@@ -14,6 +14,8 @@ attention processor (SDPA, a LoRA's wrapped linears) and goes when the job ends.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 from webui.core.errors import ModelLoadError
 from webui.models.hashes import file_sha256
 
-_ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
+ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
                 "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
                 "softsign": torch.nn.Softsign, "mish": torch.nn.Mish, "gelu": torch.nn.GELU,
                 "silu": torch.nn.SiLU, "hardswish": torch.nn.Hardswish, "selu": torch.nn.SELU}
@@ -79,7 +81,7 @@ class HypernetworkModule(torch.nn.Module):
             layers.append(torch.nn.Linear(int(dim * structure[i]), int(dim * structure[i + 1])))
             last = i >= n - 2
             if activation not in (None, "linear") and (not last or activate_output):
-                layers.append(_ACTIVATIONS[activation]())
+                layers.append(ACTIVATIONS[activation]())
             if layer_norm:
                 layers.append(torch.nn.LayerNorm(int(dim * structure[i + 1])))
             if dropout and (i < n - 3 or (last_layer_dropout and i < n - 2)):
@@ -95,6 +97,11 @@ class HypernetworkModule(torch.nn.Module):
 class Hypernetwork:
     name: str
     layers: dict[int, tuple[HypernetworkModule, HypernetworkModule]]
+    options: dict = field(default_factory=dict)   # the layout keys A1111 saves (layer_structure, ...)
+    step: int = 0
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for pair in self.layers.values() for m in pair for p in m.parameters()]
 
     def set_multiplier(self, multiplier: float) -> None:
         for pair in self.layers.values():
@@ -113,11 +120,11 @@ def load_hypernetwork(info: HypernetworkInfo) -> Hypernetwork:
         raise ModelLoadError(f"hypernetwork {info.name}: {info.path.name} does not hold a hypernetwork")
     structure = sd.get("layer_structure") or [1, 2, 1]
     activation = sd.get("activation_func")
-    if activation is not None and activation not in _ACTIVATIONS:
+    if activation is not None and activation not in ACTIVATIONS:
         raise ModelLoadError(f"hypernetwork {info.name}: unsupported activation function {activation!r}")
-    options = dict(structure=structure, activation=activation, layer_norm=bool(sd.get("is_layer_norm", False)),
-                   dropout=bool(sd.get("use_dropout", False)), activate_output=bool(sd.get("activate_output", True)),
-                   last_layer_dropout=bool(sd.get("last_layer_dropout", False)))
+    options = _module_options(structure, activation, bool(sd.get("is_layer_norm", False)),
+                              bool(sd.get("use_dropout", False)), bool(sd.get("activate_output", True)),
+                              bool(sd.get("last_layer_dropout", False)))
     layers = {}
     for size, pair in sd.items():
         if not isinstance(size, int):
@@ -135,7 +142,91 @@ def load_hypernetwork(info: HypernetworkInfo) -> Hypernetwork:
         layers[size] = (modules[0], modules[1])
     if not layers:
         raise ModelLoadError(f"hypernetwork {info.name}: {info.path.name} holds no layers")
-    return Hypernetwork(info.name, layers)
+    saved = {k: sd.get(k) for k in _SAVED_KEYS if k in sd}
+    return Hypernetwork(info.name, layers, {**saved, "layer_structure": structure, "activation_func": activation},
+                        int(sd.get("step") or 0))
+
+
+# the keys besides the layers that A1111 writes into a hypernetwork file
+_SAVED_KEYS = ("layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "use_dropout",
+               "activate_output", "last_layer_dropout", "sd_checkpoint", "sd_checkpoint_name")
+WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
+
+
+def _module_options(structure, activation, layer_norm: bool, dropout: bool, activate_output: bool,
+                    last_layer_dropout: bool) -> dict:
+    return dict(structure=structure, activation=activation, layer_norm=layer_norm, dropout=dropout,
+                activate_output=activate_output, last_layer_dropout=last_layer_dropout)
+
+
+def parse_structure(value) -> list[float]:
+    """A layer structure from "1, 2, 1" or a list; it must start and end with 1 (A1111's rule). ValueError."""
+    items = [x for x in value.split(",") if x.strip()] if isinstance(value, str) else list(value)
+    structure = [float(x) for x in items]
+    if len(structure) < 2 or structure[0] != 1 or structure[-1] != 1 or min(structure) <= 0:
+        raise ValueError("the layer structure must start and end with 1, e.g. 1, 2, 1")
+    return structure
+
+
+def new_hypernetwork(name: str, sizes: Sequence[int], structure: Sequence[float], activation: str,
+                     weight_init: str, layer_norm: bool, dropout: bool, seed: int = 0) -> Hypernetwork:
+    """A fresh hypernetwork initialised as A1111's: "Normal" draws weights from N(0, 0.01) and zero biases (layer
+    norms too), the Xavier / Kaiming choices their namesakes with zero biases."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"unknown weight initialisation {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}")
+    options = _module_options(list(structure), activation, layer_norm, dropout, False, False)
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for size in sizes:
+        pair = []
+        for _ in range(2):
+            module = HypernetworkModule(int(size), **options)
+            for layer in module.linear:
+                if not isinstance(layer, torch.nn.Linear | torch.nn.LayerNorm):
+                    continue
+                w, b = layer.weight.data, layer.bias.data
+                b.zero_()
+                if weight_init == "Normal" or isinstance(layer, torch.nn.LayerNorm):
+                    w.normal_(0.0, 0.01, generator=g)
+                elif weight_init == "XavierUniform":
+                    torch.nn.init.xavier_uniform_(w, generator=g)
+                elif weight_init == "XavierNormal":
+                    torch.nn.init.xavier_normal_(w, generator=g)
+                else:
+                    fn = torch.nn.init.kaiming_uniform_ if weight_init == "KaimingUniform" else \
+                        torch.nn.init.kaiming_normal_
+                    fn(w, nonlinearity="leaky_relu" if activation == "leakyrelu" else "relu", generator=g)
+            pair.append(module.eval())
+        layers[int(size)] = (pair[0], pair[1])
+    saved = {"layer_structure": list(structure), "activation_func": activation, "is_layer_norm": layer_norm,
+             "weight_initialization": weight_init, "use_dropout": dropout, "activate_output": False,
+             "last_layer_dropout": False}
+    return Hypernetwork(name, layers, saved, 0)
+
+
+def save_hypernetwork(net: Hypernetwork, path: Path, step: int | None = None,
+                      checkpoint: tuple[str, str] | None = None) -> None:
+    """The file as A1111 writes it (per width the key and value MLPs' state dicts, then the layout keys), written
+    atomically. ``checkpoint``: (short hash, name) of the model it was trained on."""
+    def plain(module: HypernetworkModule) -> dict:
+        return {n: t.detach().float().cpu().clone() for n, t in module.state_dict().items()}
+    data: dict = {size: (plain(pair[0]), plain(pair[1])) for size, pair in net.layers.items()}
+    data.update(net.options)
+    data["step"] = net.step if step is None else step
+    data["name"] = net.name
+    if checkpoint is not None:
+        data["sd_checkpoint"], data["sd_checkpoint_name"] = checkpoint
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

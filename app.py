@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -41,8 +40,10 @@ def discover_extensions(args: argparse.Namespace) -> Extensions:
                                   bool(getattr(args, "disable_all_extensions", False)))
 
 
-def create_app(args: argparse.Namespace, engine: Engine | None = None, extensions: Extensions | None = None):
-    """The ASGI app (API + UI behind the auth middleware) and its engine."""
+def create_app(args: argparse.Namespace, engine: Engine | None = None, extensions: Extensions | None = None,
+               stop: threading.Event | None = None):
+    """The ASGI app (API + UI behind the auth middleware) and its engine. ``stop``: set by POST
+    /sdapi/v1/server-stop (with --api-server-stop) for the main loop, which then shuts the server down."""
     engine = engine or build_engine(args)
     extensions = extensions if extensions is not None else discover_extensions(args)
     app = FastAPI(title="Studio API", docs_url="/docs", redoc_url=None)
@@ -51,7 +52,7 @@ def create_app(args: argparse.Namespace, engine: Engine | None = None, extension
     runtime = ExtensionRuntime.start(engine, scripts.registry, extensions, args, lambda: schedule_restart(engine))
     mount_api(app, engine, flags, scripts)
     if getattr(args, "api_server_stop", False):
-        _server_routes(app, engine)
+        _server_routes(app, engine, stop if stop is not None else threading.Event())
     app.include_router(extensions_routes.build_router(extensions))
     demo = None
     if not args.nowebui:
@@ -85,7 +86,7 @@ def schedule_restart(engine: Engine) -> str:
     return "Restarting the studio; the page reloads when it is back."
 
 
-def _server_routes(app: FastAPI, engine: Engine) -> None:
+def _server_routes(app: FastAPI, engine: Engine, stop: threading.Event) -> None:
     """A1111's --api-server-stop routes: kill (at once), restart (the process re-executed with its flags), stop (the
     server shut down, the process ends). Each answers before it acts."""
     def later(action) -> None:
@@ -102,8 +103,7 @@ def _server_routes(app: FastAPI, engine: Engine) -> None:
 
     @app.post("/sdapi/v1/server-stop")
     def server_stop():
-        # the main thread's wait ends on SIGINT as on Ctrl+C: the server closes, the process exits 0
-        later(lambda: os.kill(os.getpid(), signal.SIGINT))
+        later(stop.set)   # the main loop closes the server; the process then exits 0
         return {"message": "stopping the studio"}
 
 
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, parser)
     if not args.skip_install:
         extensions.run_installers()
-    asgi, engine = create_app(args, extensions=extensions)
+    stop = threading.Event()
+    asgi, engine = create_app(args, extensions=extensions, stop=stop)
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     config = uvicorn.Config(asgi, host=host, port=args.port, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
@@ -161,11 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         if url:
             print(f"Running on public URL: {url}", flush=True)
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        while thread.is_alive() and not stop.wait(0.5):
+            pass
+        if stop.is_set():
+            print("Stopping the studio (server-stop).", flush=True)
     except KeyboardInterrupt:
-        server.should_exit = True
-        thread.join(5)
+        pass
+    server.should_exit = True
+    thread.join(5)
 
 
 if __name__ == "__main__":

@@ -131,18 +131,21 @@ def txt2img(engine, **kw):
 @needs_model
 @pytest.mark.parametrize("sampler", list(CLASSES))
 def test_the_bundled_model_draws_the_prompt(engine, sampler):
+    """Colour, position and background right in at least 5 of 6 cases, the shape (the model's weak spot) in 4."""
     cases = [("a large red circle on the left, blue background", ("red", "circle", "left", "blue")),
-             ("a large yellow square at the top, purple background", ("yellow", "square", "top", "purple"))]
-    right = 0
+             ("a large yellow square at the top, purple background", ("yellow", "square", "top", "purple")),
+             ("a large green triangle on the right, white background", ("green", "triangle", "right", "white"))]
+    placed = shaped = 0
     for prompt, want in cases:
         for seed in (1, 2):
             res = txt2img(engine, prompt=prompt, seed=seed, sampler_name=sampler)
             a = sc.analyse(res.images[0])
-            got = (a.colour, a.shape, a.position, a.background)
-            print(f"{sampler} seed {seed} {prompt!r}: {got}")
-            right += got == want
+            print(f"{sampler} seed {seed} {prompt!r}: {(a.colour, a.shape, a.position, a.background)}")
+            placed += (a.colour, a.position, a.background) == (want[0], want[2], want[3])
+            shaped += a.shape == want[1]
             assert f"Sampler: {sampler}," in res.infotexts[0]
-    assert right >= 3
+    print(f"{sampler}: colour, position and background {placed}/6, shape {shaped}/6")
+    assert placed >= 5 and shaped >= 4
 
 
 @needs_model

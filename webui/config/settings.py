@@ -35,7 +35,7 @@ def _defs() -> dict[str, Setting]:
         "CLIP_stop_at_last_layers": s(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),
         "inpainting_mask_weight": s(1.0, "Inpainting conditioning mask strength (inpainting checkpoints)",
                                     "Stable Diffusion", minimum=0.0, maximum=1.0),
-        "eta_ancestral": s(1.0, "Eta for ancestral samplers (DPM++ 2S a, DPM fast)", "Sampler parameters",
+        "eta_ancestral": s(1.0, "Eta for ancestral samplers (Euler a, DPM++ 2S a, DPM fast)", "Sampler parameters",
                            minimum=0.0, maximum=1.0),
         "eta_ddim": s(0.0, "Eta for DDIM", "Sampler parameters", minimum=0.0, maximum=1.0),
         "eta_noise_seed_delta": s(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0),

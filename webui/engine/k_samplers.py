@@ -141,6 +141,22 @@ class DPMPP2SAncestralScheduler(PlannedScheduler):
         return x
 
 
+class EulerAncestralEtaScheduler(PlannedScheduler):
+    """Euler a with an eta other than 1 (A1111's "Eta for ancestral samplers"; diffusers' Euler a has no eta, so
+    the studio uses this one only then): an Euler step down to sigma_down, then fresh noise of sigma_up."""
+
+    ancestral = True
+
+    def method(self, x: torch.Tensor, sigmas: list[float], noise: Noise) -> Method:
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x, denoised = yield x, sigma
+            down, up = ancestral_step(sigma, sigma_next, self.eta)
+            x = x + (x - denoised) / sigma * (down - sigma)
+            if sigma_next > 0 and up > 0:
+                x = x + noise(x) * (self.s_noise * up)
+        return x
+
+
 class DPMFastScheduler(PlannedScheduler):
     """DPM fast: DPM-Solver (Lu et al. 2022) with as many model evaluations as steps, on steps uniform in log sigma
     from the highest noise level to the lowest (orders 3, 3, ..., then 2 and 1 to use the rest), with ancestral

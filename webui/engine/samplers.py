@@ -25,6 +25,7 @@ from webui.engine.k_samplers import (
     DDIMCFGPlusPlusScheduler,
     DPMFastScheduler,
     DPMPP2SAncestralScheduler,
+    EulerAncestralEtaScheduler,
     RestartScheduler,
 )
 from webui.engine.sampler_params import sigma_at
@@ -78,6 +79,9 @@ def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | 
     samplers' eta; ``steps``: the pass's steps; ``eta``: the request's, over the setting). Raises InvalidField when
     the pair is not supported."""
     cls, extra = _CLASSES[sampler]
+    job_eta = float(eta if eta is not None else (opts or {}).get("eta_ancestral", 1.0))
+    if sampler == "Euler a" and job_eta != 1.0:
+        cls = EulerAncestralEtaScheduler   # diffusers' Euler a has no eta
     schedule = effective_schedule(sampler, schedule)
     kwargs = dict(extra)
     kwargs.update(_SCHEDULE_KWARGS.get(schedule, {}))
@@ -109,7 +113,7 @@ def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | 
     scheduler = cls.from_config(config)
     if getattr(scheduler, "ancestral", False):
         # A1111 gives these k-diffusion samplers eta (its "Eta for ancestral samplers", 1 by default)
-        scheduler.eta = float(eta if eta is not None else (opts or {}).get("eta_ancestral", 1.0))
+        scheduler.eta = job_eta
     if opts is not None:
         _apply_schedule_overrides(scheduler, schedule_overrides(scheduler, sampler, schedule, opts))
     return scheduler

@@ -88,9 +88,6 @@ class PlannedScheduler(EulerDiscreteScheduler):
         self._step_index = None
         self._begin_index = 0   # timesteps may repeat (Restart): the position, not the value, says where we are
 
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
-
     def _noise(self, x: torch.Tensor) -> torch.Tensor:
         return randn_tensor(x.shape, generator=self._generator, device=x.device, dtype=x.dtype)
 

@@ -152,12 +152,8 @@ class Engine:
         train_emb.check_train_request(req, self.paths.embeddings, self.paths.ti_templates)
 
         def preview(job: Job, prompt: str):
-            self.models.refresh_embeddings()
-            res = self.run_in_job(job, GenerationRequest(
-                prompt=prompt, steps=20, width=req.training_width, height=req.training_height, cfg_scale=7.0,
-                sampler_name="Euler a", seed=req.seed, override_settings={"live_previews_enable": False}),
-                save=False)
-            return res.images[0], res.infotexts[0]
+            self.models.refresh_embeddings()   # the embedding as just saved
+            return self._training_preview(job, req, prompt)
 
         def run(job: Job) -> train_emb.TrainResult:
             model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
@@ -168,6 +164,13 @@ class Engine:
             finally:
                 self.models.refresh_embeddings()
         return self.jobs.submit(run, "train-embedding")
+
+    def _training_preview(self, job: Job, req: TrainEmbeddingRequest, prompt: str) -> tuple[Image.Image, str]:
+        """A training run's preview (image, infotext): the prompt, 20 steps of Euler a at the training size."""
+        res = self.run_in_job(job, GenerationRequest(
+            prompt=prompt, steps=20, width=req.training_width, height=req.training_height, cfg_scale=7.0,
+            sampler_name="Euler a", seed=req.seed, override_settings={"live_previews_enable": False}), save=False)
+        return res.images[0], res.infotexts[0]
 
     def create_hypernetwork(self, req: CreateHypernetworkRequest) -> Path:
         """A new hypernetwork (models/hypernetworks/NAME.pt), usable at once."""
@@ -182,19 +185,12 @@ class Engine:
         """As submit_train_embedding, for a hypernetwork; its previews draw with what it has learnt so far."""
         train_hn.check_train_request(req, self.paths.hypernetworks, self.paths.ti_templates)
 
-        def preview(job: Job, prompt: str):
-            res = self.run_in_job(job, GenerationRequest(
-                prompt=prompt, steps=20, width=req.training_width, height=req.training_height, cfg_scale=7.0,
-                sampler_name="Euler a", seed=req.seed, override_settings={"live_previews_enable": False}),
-                save=False)
-            return res.images[0], res.infotexts[0]
-
         def run(job: Job) -> train_emb.TrainResult:
             model = self.models.get(self.settings.get("sd_model_checkpoint") or None)
             try:
                 return train_hn.train_hypernetwork(job, model, req, self.paths.hypernetworks,
                                                    self.paths.data / req.log_directory, self.paths.ti_templates,
-                                                   lambda prompt: preview(job, prompt))
+                                                   lambda prompt: self._training_preview(job, req, prompt))
             finally:
                 self.models.refresh_hypernetworks()
         return self.jobs.submit(run, "train-hypernetwork")

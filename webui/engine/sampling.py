@@ -177,8 +177,6 @@ def _denoise(unet, dtype, sch, latents, t, conds, uncond, cfg_scale, time_ids, p
         for k, o in zip(idx, out.chunk(len(idx))):
             outs[k] = o
     if not guided:
-        if uncond_out is not None:
-            uncond_out.append(outs[0])
         return outs[0]
     u = outs[0]   # the negative prompt's prediction, or the first part's standing in for it
     if uncond_out is not None:

@@ -12,10 +12,8 @@ directory's images/.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from webui.core.training import TrainEmbeddingRequest
 from webui.engine import saving
 from webui.models import embeddings as ti
 from webui.models.manager import LoadedModel
+from webui.models.torch_files import save_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LATENT_SAMPLING = ("once", "deterministic", "random")
@@ -79,10 +78,20 @@ def rate_at(schedule: list[tuple[float, int]], step: int) -> float | None:
     return None
 
 
-def _embedding_path(folder: Path, name: str) -> Path:
+def named_file(folder: Path, name: str, kind: str = "embedding") -> Path:
+    """``folder/NAME.pt`` for a trained file's name; InvalidField("name") when it is empty or holds a path."""
     if not name or not _NAME.match(name) or name.strip() != name:
-        raise InvalidField("name", "an embedding name is needed (no path separators or * ? : \" < > |)")
+        raise InvalidField("name", f"a{'n' if kind[0] in 'aeiou' else ''} {kind} name is needed (no path "
+                                   f"separators or * ? : \" < > |)")
     return folder / f"{name}.pt"
+
+
+def existing_file(folder: Path, name: str, field_name: str, kind: str) -> Path:
+    """The file a training request names, which must exist (InvalidField on ``field_name`` otherwise)."""
+    path = named_file(folder, name, kind)
+    if not path.exists():
+        raise InvalidField(field_name, f"no {kind} {name!r} in {folder} (create it first)")
+    return path
 
 
 def _save_pt(path: Path, name: str, vectors: torch.Tensor, step: int, model: LoadedModel) -> None:
@@ -90,15 +99,7 @@ def _save_pt(path: Path, name: str, vectors: torch.Tensor, step: int, model: Loa
     data = {"string_to_token": {"*": 265}, "string_to_param": {"*": vectors.detach().float().cpu().clone()},
             "name": name, "step": step, "sd_checkpoint": model.info.shorthash,
             "sd_checkpoint_name": model.info.model_name}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(data, path)
 
 
 def _one_encoder(model: LoadedModel):
@@ -113,7 +114,7 @@ def create_embedding(model: LoadedModel, folder: Path, name: str, num_vectors_pe
     """A new embedding of ``num_vectors_per_token`` vectors taken from the token embeddings of ``init_text``
     (spread over its tokens as A1111 does; zeros for an empty text), saved as ``folder/name.pt``."""
     encoder, tokenizer = _one_encoder(model)
-    path = _embedding_path(folder, name)
+    path = named_file(folder, name)
     if not 1 <= int(num_vectors_per_token) <= ti.CHUNK:
         raise InvalidField("num_vectors_per_token", f"from 1 to {ti.CHUNK} vectors")
     if path.exists() and not overwrite_old:
@@ -204,10 +205,7 @@ def _prompt(line: str, name: str, filewords: str, req: TrainEmbeddingRequest, rn
 def check_train_request(req: TrainEmbeddingRequest, embeddings_folder: Path, templates: Path
                         ) -> tuple[Path, list[str], list[tuple[float, int]]]:
     """(the embedding's file, the template's lines, the rate schedule); InvalidField before any work."""
-    path = _embedding_path(embeddings_folder, req.embedding_name)
-    if not path.exists():
-        raise InvalidField("embedding_name", f"no embedding {req.embedding_name!r} in {embeddings_folder} "
-                                             f"(create it first)")
+    path = existing_file(embeddings_folder, req.embedding_name, "embedding_name", "embedding")
     return (path, *check_training(req, templates))
 
 

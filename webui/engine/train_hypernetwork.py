@@ -16,17 +16,10 @@ from webui.models import hypernetworks as hn
 from webui.models.manager import LoadedModel
 
 
-def hypernetwork_path(folder: Path, name: str) -> Path:
-    try:
-        return train_emb._embedding_path(folder, name)
-    except InvalidField:
-        raise InvalidField("name", "a hypernetwork name is needed (no path separators or * ? : \" < > |)") from None
-
-
 def create_hypernetwork(model: LoadedModel, folder: Path, req: CreateHypernetworkRequest) -> Path:
     """``folder/NAME.pt``: a fresh hypernetwork for the attention widths asked (A1111's default: 768, 320, 640,
     1024, 1280; the ones this model has are what it acts on)."""
-    path = hypernetwork_path(folder, req.name)
+    path = train_emb.named_file(folder, req.name, "hypernetwork")
     if path.exists() and not req.overwrite_old:
         raise InvalidField("name", f"{path.name} already exists (overwrite_old to replace it)")
     try:
@@ -52,10 +45,7 @@ def create_hypernetwork(model: LoadedModel, folder: Path, req: CreateHypernetwor
 
 def check_train_request(req: TrainHypernetworkRequest, folder: Path, templates: Path
                         ) -> tuple[Path, list[str], list[tuple[float, int]]]:
-    path = hypernetwork_path(folder, req.hypernetwork_name)
-    if not path.exists():
-        raise InvalidField("hypernetwork_name", f"no hypernetwork {req.hypernetwork_name!r} in {folder} "
-                                                f"(create it first)")
+    path = train_emb.existing_file(folder, req.hypernetwork_name, "hypernetwork_name", "hypernetwork")
     return (path, *train_emb.check_training(req, templates))
 
 

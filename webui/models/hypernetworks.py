@@ -14,8 +14,6 @@ attention processor (SDPA, a LoRA's wrapped linears) and goes when the job ends.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 
 from webui.core.errors import ModelLoadError
 from webui.models.hashes import file_sha256
+from webui.models.torch_files import save_atomic
 
 ACTIVATIONS = {"linear": None, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "elu": torch.nn.ELU,
                 "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
@@ -218,15 +217,7 @@ def save_hypernetwork(net: Hypernetwork, path: Path, step: int | None = None,
     data["name"] = net.name
     if checkpoint is not None:
         data["sd_checkpoint"], data["sd_checkpoint_name"] = checkpoint
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(data, path)
 
 
 @contextlib.contextmanager
@@ -245,7 +236,9 @@ def apply_hypernetworks(unet: torch.nn.Module, active: Sequence[tuple[Hypernetwo
             for net, multiplier in active:
                 pair = net.layers.get(int(x.shape[-1]))
                 if pair is not None:
-                    mlp = pair[which].to(y.device)
+                    mlp = pair[which]
+                    if mlp.linear[0].weight.device != y.device:   # once (offloaded UNets move between devices)
+                        mlp.to(y.device)
                     mlp.multiplier = multiplier
                     y = mlp(y)
             return (y.to(x.dtype), *args[1:])

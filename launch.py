@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -110,6 +111,37 @@ def prepare() -> Path:
     return python
 
 
+def tcmalloc_library() -> str | None:
+    """The system's tcmalloc (Debian/Ubuntu: libtcmalloc-minimal4 or google-perftools), found through the dynamic
+    linker's cache as A1111's webui.sh finds it; None where there is none or on other systems."""
+    if not sys.platform.startswith("linux"):
+        return None
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        cache = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    arch = {"x86_64": "x86-64", "aarch64": "AArch64"}.get(platform.machine(), "")
+    for name in ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"):
+        for line in cache.splitlines():
+            fields = line.strip().split(" => ")
+            if len(fields) == 2 and fields[0].startswith(name + " ") and arch in fields[0]:
+                return fields[1].strip()
+    return None
+
+
+def tcmalloc_env(env: dict[str, str]) -> dict[str, str] | None:
+    """``env`` with tcmalloc preloaded, or None where it already is, is turned off (NO_TCMALLOC, A1111's switch) or
+    is not installed. Torch's many small CPU allocations cost less with it: one training step of the bundled model
+    0.65 s instead of 0.74 s, generation about 7 % quicker (docs/bundled-model.md), with bit-identical results."""
+    if env.get("NO_TCMALLOC") or "tcmalloc" in env.get("LD_PRELOAD", ""):
+        return None
+    lib = tcmalloc_library()
+    if lib is None:
+        return None
+    return {**env, "LD_PRELOAD": " ".join(filter(None, [env.get("LD_PRELOAD", ""), lib]))}
+
+
 def test_command(extra: list[str]) -> list[str]:
     """pytest over tests/, a module per worker process (pytest-xdist), one worker per core (at most 4)."""
     workers = max(1, min(4, os.cpu_count() or 1))
@@ -129,8 +161,12 @@ def main() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     python = Path(sys.executable) if "--skip-install" in argv else prepare()
-    if python.absolute() != Path(sys.executable).absolute():
-        os.execv(str(python), [str(python), str(ROOT / "launch.py"), *argv])
+    preload = tcmalloc_env(dict(os.environ))
+    if preload is not None:
+        print(f"Using TCMalloc: {tcmalloc_library()}", flush=True)
+    if preload is not None or python.absolute() != Path(sys.executable).absolute():
+        # LD_PRELOAD only acts on a process's start, so the studio (and the tests it spawns) start again with it
+        os.execve(str(python), [str(python), str(ROOT / "launch.py"), *argv], preload or dict(os.environ))
     os.chdir(ROOT)
     if "--test" in argv:
         extra = [a for a in argv if a not in ("--test", "--skip-install")]

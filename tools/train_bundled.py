@@ -1071,6 +1071,7 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     log(f"train_bundled: {vars(args)}")
+    log(f"allocator: {os.environ.get('LD_PRELOAD') or 'the C library malloc'}")
     if "import" in stages:
         import_files(args, args.work)
     vae = train_vae(args, args.work) if "vae" in stages else load_vae(args.work)
@@ -1108,4 +1109,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    import launch
+
+    preload = launch.tcmalloc_env(dict(os.environ))
+    if preload is not None:  # the same bytes, about 1.1 times quicker (docs/bundled-model.md)
+        os.execve(sys.executable, [sys.executable, *sys.argv], preload)
     main()

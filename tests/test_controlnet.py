@@ -138,6 +138,13 @@ def test_sdxl_controlnet_runs(cn_engine):
         run(cn_engine, [unit(model="control_tiny_canny")], ckpt="tiny-sdxl.safetensors")
 
 
+def test_a_controlnet_for_other_unet_widths_is_a_clear_error(cn_engine):
+    """The bundled shapes ControlNet is SD1.x too, but for a UNet of widths 96/128/128: on the tiny SD1 checkpoint
+    its residuals would not add up (a RuntimeError deep in the UNet); the unit's model field is named instead."""
+    with pytest.raises(InvalidField, match=r"other widths \[96, 128, 128\] than the checkpoint's \[64, 128\]"):
+        run(cn_engine, [unit(model="control_shapes-tiny-v1_canny")])
+
+
 def test_hires_fix_second_pass_uses_control(cn_engine):
     kw = dict(enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.6)
     plain, _ = run(cn_engine, None, **kw)
@@ -174,7 +181,7 @@ def test_inpaint_module_needs_a_mask_and_marks_it(cn_engine):
 def test_bad_units_fail_before_work_with_clear_messages(cn_engine):
     with pytest.raises(InvalidField, match=r"controlnet\[0\]\.module: unknown module 'nope'; valid: none, canny"):
         run(cn_engine, [unit(module="nope")])
-    with pytest.raises(NotFound, match=r"unknown ControlNet model 'nope'; valid: control_tiny_canny \["):
+    with pytest.raises(NotFound, match=r"unknown ControlNet model 'nope'; valid: .*control_tiny_canny \["):
         run(cn_engine, [unit(model="nope")])
     with pytest.raises(InvalidField, match=r"controlnet\[1\]\.image: base64 decoded, but it is not an image"):
         run(cn_engine, [unit(), unit(image="aGVsbG8gd29ybGQ=")])
@@ -217,3 +224,28 @@ def test_only_masked_inpaint_crops_the_control_map_to_the_region(cn_engine):
     cropped = edge_columns(True)
     assert cropped.min() in range(3, 9) and cropped.max() in range(55, 61)
     assert not ((cropped > 12) & (cropped < 52)).any()
+
+
+def test_controlnet_dir_flag_and_the_bundled_folder_are_scanned_too(cn_dir, tmp_path):
+    """--controlnet-dir (sd-webui-controlnet's flag) adds a folder; the repository's models/ControlNet (the bundled
+    ControlNet) is seen from any data dir; a name in the data dir's folder hides the same name further on."""
+    from controlnet_factory import make_tiny_controlnet
+
+    from app import build_engine
+    from webui.config.flags import parse_args
+    from webui.config.paths import REPO_ROOT
+
+    extra = tmp_path / "more-controlnets"
+    make_tiny_controlnet(extra / "control_extra_lineart.safetensors", "sd1", seed=21, unet_seed=1)
+    make_tiny_controlnet(extra / "control_tiny_canny.safetensors", "sd1", seed=22, unet_seed=1)
+    engine = build_engine(parse_args(["--data-dir", str(cn_dir), "--controlnet-dir", str(extra)]))
+    store = engine.models.controlnets
+    names = [i.name for i in store.usable()]
+    assert "control_extra_lineart.safetensors" in names and names.count("control_tiny_canny.safetensors") == 1
+    assert store.find("control_tiny_canny").path.parent == cn_dir.resolve() / "models" / "ControlNet"
+    assert store.find("control_extra_lineart").path.parent == extra.resolve()
+    bundled = REPO_ROOT / "models" / "ControlNet" / "control_shapes-tiny-v1_canny.safetensors"
+    if bundled.exists():
+        assert store.find("control_shapes-tiny-v1_canny").path == bundled.resolve()
+    shown, models, module, model = engine.controlnet.control_type("Lineart")
+    assert module == "lineart_standard" and model.startswith("control_extra_lineart [")

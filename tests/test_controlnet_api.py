@@ -66,8 +66,27 @@ def test_lists(cn_server):
     assert "lineart_realistic" not in modules["module_list"]
     assert "sk_model.pth" in modules["unavailable"]["lineart_realistic"]
     assert modules["module_detail"]["canny"]["sliders"][1]["value"] == 100
-    assert httpx.get(f"{cn_server}/controlnet/settings", timeout=60).json() == {"control_net_unit_count": 3}
+    assert httpx.get(f"{cn_server}/controlnet/settings", timeout=60).json() == {"control_net_unit_count": 3,
+                                                                                "control_net_max_models_num": 3}
 
+
+
+def test_control_types(cn_server):
+    """/controlnet/control_types: what each Control Type offers, its models limited to the loaded checkpoint's kind.
+    The bundled canny ControlNet is listed from the repository's models/ControlNet beside the data dir's own."""
+    assert httpx.post(f"{cn_server}/sdapi/v1/txt2img", json=BASE, timeout=300).status_code == 200   # loads SD1
+    types = httpx.get(f"{cn_server}/controlnet/control_types", timeout=60).json()["control_types"]
+    assert list(types)[:4] == ["All", "Canny", "Depth", "NormalMap"]
+    canny = types["Canny"]
+    assert canny["module_list"] == ["none", "canny", "invert"] and canny["default_option"] == "canny"
+    assert [m.split(" [")[0] for m in canny["model_list"]] == ["None", "control_shapes-tiny-v1_canny",
+                                                               "control_tiny_canny"]
+    assert canny["default_model"] == canny["model_list"][1]
+    assert types["All"]["default_option"] == "none" and types["All"]["default_model"] == "None"
+    assert "controlnet-tiny-sdxl" in " ".join(types["All"]["model_list"])
+    assert types["Depth"]["module_list"] == ["none"]     # no depth estimator's weights here
+    assert [m.split(" [")[0] for m in types["Depth"]["model_list"]] == ["None", "control_tiny_depth"]
+    assert types["OpenPose"]["default_option"] == "openpose_full"
 
 def test_detect_canny_is_opencv_canny(cn_server):
     im = picture()
@@ -98,7 +117,8 @@ def test_api_unit_equals_ui_unit_through_the_engine(cn_server, cn_dir):
     assert len(body["images"]) == 2                        # the image, then the detected map
     engine = build_engine(parse_args(["--data-dir", str(cn_dir)]))
     editor = {"background": picture(), "layers": [], "composite": picture()}
-    ui_unit = unit_from_widgets(True, editor, False, "canny", engine.models.controlnets.titles()[0], 0.8, 0.1, 0.9,
+    title = engine.models.controlnets.find("control_tiny_canny").title
+    ui_unit = unit_from_widgets(True, editor, False, "canny", title, 0.8, 0.1, 0.9,
                                 "ControlNet is more important", "Just Resize", False, 64, 60, 160)
     req = GenerationRequest(**{k: v for k, v in BASE.items()}, alwayson_scripts={"controlnet": {"args": [ui_unit]}})
     res = engine.txt2img(req, save=False)
@@ -121,7 +141,9 @@ def test_img2img_unit_without_image_uses_the_init_image(cn_server):
 @pytest.mark.parametrize("unit,status,words", [
     ({"module": "sobel", "model": "control_tiny_canny"}, 422, ["controlnet[0].module", "valid: none, canny"]),
     ({"module": "canny", "model": "control_v11p_sd15_canny [d14c016b]"}, 404,
-     ["unknown ControlNet model", "valid: control_tiny_canny ["]),
+     ["unknown ControlNet model", "valid: control_shapes-tiny-v1_canny [", "control_tiny_canny ["]),
+    ({"module": "canny", "model": "control_shapes-tiny-v1_canny"}, 422,     # SD1.x, but for other UNet widths
+     ["controlnet[0].model", "other widths [96, 128, 128]"]),
     ({"module": "canny", "model": "control_tiny_canny", "input_image": "bm90IGFuIGltYWdl"}, 422,
      ["controlnet[0].image", "not an image"]),
     ({"module": "canny", "model": "control_tiny_canny", "input_image": None}, 422,

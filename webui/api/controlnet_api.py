@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from webui.core.controlnet import CONTROL_TYPES
 from webui.core.errors import InvalidField
 from webui.engine.openpose import Pose, draw
 from webui.engine.processing import Engine
@@ -57,9 +58,20 @@ def build_controlnet_router(engine: Engine) -> APIRouter:
         unavailable = {n: p.unavailable for n, p in support.preprocessors.items() if p.unavailable}
         return {"module_list": shown, "module_detail": detail, "unavailable": unavailable}
 
+    @r.get("/control_types")
+    def control_types():
+        out = {}
+        for name in CONTROL_TYPES:
+            modules, models, default_option, default_model = support.control_type(name)
+            out[name] = {"module_list": modules, "model_list": models, "default_option": default_option,
+                         "default_model": default_model}
+        return {"control_types": out}
+
     @r.get("/settings")
     def settings():
-        return {"control_net_unit_count": int(engine.settings.get("control_net_unit_count", 3))}
+        count = int(engine.settings.get("control_net_unit_count", 3))
+        # the extension's older name for the same number is still read by clients
+        return {"control_net_unit_count": count, "control_net_max_models_num": count}
 
     @r.post("/detect")
     def detect(body: DetectRequest):

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--embeddings-dir", default=None)
     a("--textual-inversion-templates-dir", default=None)
     a("--vae-dir", default=None)
+    a("--controlnet-dir", default=None, help="extra folder of ControlNet models (sd-webui-controlnet's flag)")
     a("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     a("--precision", choices=["full", "half", "autocast"], default="autocast",
       help="full: fp32; half/autocast: fp16 or bf16 on CUDA (CPU always runs fp32)")

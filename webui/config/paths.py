@@ -21,6 +21,12 @@ class Paths:
     outputs: Path
     ti_templates: Path = REPO_ROOT / "textual_inversion_templates"   # the Train tab's prompt templates
     hypernetwork: Path | None = None   # None: models/hypernetworks under the data dir
+    controlnet_extra: tuple[Path, ...] = ()   # also scanned: --controlnet-dir, the bundled ControlNet's folder
+
+    @property
+    def controlnets(self) -> tuple[Path, ...]:
+        """The ControlNet folders, the data dir's first (its annotators/ holds the preprocessors' weights)."""
+        return (self.controlnet, *self.controlnet_extra)
 
     @property
     def config_file(self) -> Path:
@@ -55,13 +61,17 @@ class Paths:
             value = getattr(args, flag, None)
             return Path(value).resolve() if value else default
 
+        controlnet = models / "ControlNet"
+        controlnet_extra = [pick("controlnet_dir", controlnet), REPO_ROOT / "models" / "ControlNet"]
+        controlnet_extra = tuple(dict.fromkeys(p for p in controlnet_extra if p != controlnet))
         return cls(
             data=data,
             checkpoints=tuple(ckpts),
             lora=pick("lora_dir", models / "Lora"),
             embeddings=pick("embeddings_dir", data / "embeddings"),
             vae=pick("vae_dir", models / "VAE"),
-            controlnet=models / "ControlNet",
+            controlnet=controlnet,
+            controlnet_extra=controlnet_extra,
             esrgan=models / "ESRGAN",
             extensions=data / "extensions",
             outputs=data / "outputs",

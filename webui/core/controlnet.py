@@ -187,3 +187,51 @@ def units_from_infotext(parsed: dict[str, Any]) -> dict[int, dict[str, Any]]:
         if number.isdigit():
             found[int(number)] = parse_unit_infotext(str(value))
     return dict(sorted(found.items()))
+
+
+# sd-webui-controlnet's "Control Type" choice: each type with the preprocessor it picks first. A type keeps the
+# preprocessors and models whose names hold its name (lower case) or one of its other words below.
+CONTROL_TYPES: dict[str, str] = {
+    "All": "none", "Canny": "canny", "Depth": "depth_midas", "NormalMap": "normal_bae", "OpenPose": "openpose_full",
+    "MLSD": "mlsd", "Lineart": "lineart_standard", "SoftEdge": "softedge_pidinet",
+    "Scribble/Sketch": "scribble_pidinet", "Segmentation": "seg_ofade20k", "Shuffle": "shuffle",
+    "Tile/Blur": "tile_resample", "Inpaint": "inpaint_only", "InstructP2P": "none", "Reference": "reference_only",
+    "Recolor": "recolor_luminance", "Revision": "revision_clipvision", "T2I-Adapter": "none",
+    "IP-Adapter": "ip-adapter_clip_sd15", "Instant_ID": "instant_id",
+}
+_TYPE_WORDS = {
+    "instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
+    "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"), "ip-adapter": ("ip_adapter", "ipadapter"),
+    "scribble/sketch": ("scribble", "sketch"), "tile/blur": ("tile", "blur"), "openpose": ("openpose", "densepose"),
+}
+# line-drawing types also offer the inverting preprocessor (white-background drawings)
+_WITH_INVERT = ("canny", "lineart", "scribble/sketch", "mlsd")
+
+
+def control_type_choices(control_type: str, modules: list[str], models: list[tuple[str, str | None]],
+                         base_kind: str | None = None) -> tuple[list[str], list[str], str, str]:
+    """(preprocessors, models, default preprocessor, default model) that a Control Type offers.
+
+    ``modules``: preprocessor names, "none" first; ``models``: (title, kind "SD1.x" / "SD2.x" / "SDXL") of the
+    usable ControlNets; ``base_kind``: the loaded checkpoint's kind, which a type's models must match (all match
+    when it is unknown). "All" offers everything and picks nothing."""
+    if control_type not in CONTROL_TYPES:
+        raise InvalidField("control_type", f"unknown Control Type {control_type!r}; valid: "
+                                           f"{', '.join(CONTROL_TYPES)}")
+    if control_type == "All":
+        return list(modules), ["None", *(title for title, _ in models)], "none", "None"
+    pattern = control_type.lower()
+    words = (pattern, *_TYPE_WORDS.get(pattern, ()))
+    shown = [m for m in modules if m.lower() == "none" or any(w in m.lower() for w in words)]
+    if pattern in _WITH_INVERT:
+        shown += [m for m in modules if "invert" in m.lower() and m not in shown]
+    kept = ["None", *(title for title, kind in models if any(w in title.lower() for w in words)
+                      and (base_kind is None or kind is None or kind == base_kind))]
+    default = CONTROL_TYPES[control_type]
+    if default not in shown:
+        default = shown[0]
+    default_model = "None"
+    if len(kept) > 1:
+        # the extension prefers a ControlNet 1.1 file ("control_v11p_sd15_canny") where there is one
+        default_model = next((t for t in kept[1:] if "11" in t.split("[")[0]), kept[1])
+    return shown, kept, default, default_model

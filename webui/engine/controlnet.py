@@ -27,6 +27,7 @@ from webui.core.errors import InvalidField, StudioError
 from webui.engine import preprocessors as pre
 from webui.engine.images import decode_image
 from webui.engine.openpose import PoseDetector
+from webui.models.families import FAMILIES
 
 SOFT_DECAY = 0.825
 
@@ -49,6 +50,14 @@ class ControlNetSupport:
 
     def module_names(self, usable_only: bool = False) -> list[str]:
         return [n for n, p in self.preprocessors.items() if not usable_only or p.unavailable is None]
+
+    def control_type(self, control_type: str) -> tuple[list[str], list[str], str, str]:
+        """What a Control Type offers here: (preprocessors, models, default preprocessor, default model), the
+        models limited to the loaded checkpoint's kind (SD1.x / SD2.x / SDXL) as the extension limits them."""
+        current = self.models.current
+        kind = next((f.label for f in FAMILIES if current is not None and f.name == current.family), None)
+        models = [(i.title, i.kind) for i in self.store.usable()]
+        return cn_core.control_type_choices(control_type, self.module_names(usable_only=True), models, kind)
 
     def detect(self, module: str, image, resolution: float = -1, a: float = -1, b: float = -1, mask=None,
                seed: int = 0) -> tuple[np.ndarray, list]:
@@ -317,6 +326,11 @@ def make_pass(support: ControlNetSupport, checked: list[CheckedUnit], base_unet,
                                f"{c.info.title} is made for another model family (cross-attention "
                                f"{model.config.cross_attention_dim}) than the checkpoint "
                                f"({base_unet.config.cross_attention_dim})")
+        widths, unet_widths = tuple(model.config.block_out_channels), tuple(base_unet.config.block_out_channels)
+        if widths != unet_widths:   # its residuals could not be added to the UNet's (a small or custom model)
+            raise InvalidField(f"controlnet[{u.extra.get('index', c.index)}].model",
+                               f"{c.info.title} was trained for a UNet of other widths {list(widths)} than the "
+                               f"checkpoint's {list(unet_widths)}")
         sources = [c.image] if c.image is not None else [to_array(im, "init_images")[0] for im in init_images or []]
         if not sources:
             raise InvalidField(f"controlnet[{c.index}].image", "no image for this unit")

@@ -234,9 +234,17 @@ def inspect_file(path: Path) -> tuple[str | None, str | None]:
         return None, f"unreadable: {first}"
 
 
-def scan(folder: Path, previous: list[ControlNetInfo] | None = None) -> list[ControlNetInfo]:
-    """Every ControlNet file and diffusers folder under ``folder`` (sub-folders too, not annotators/);
-    files that are not usable ControlNets are listed with the reason."""
+def scan(folders: tuple[Path, ...], previous: list[ControlNetInfo] | None = None) -> list[ControlNetInfo]:
+    """Every ControlNet file and diffusers folder under the folders (sub-folders too, not annotators/); files that
+    are not usable ControlNets are listed with the reason. A name found in an earlier folder hides a later one's."""
+    found: dict[str, ControlNetInfo] = {}
+    for folder in folders:
+        for info in _scan_folder(folder, previous):
+            found.setdefault(info.name, info)
+    return sorted(found.values(), key=lambda i: i.name.lower())
+
+
+def _scan_folder(folder: Path, previous: list[ControlNetInfo] | None) -> list[ControlNetInfo]:
     known = {(str(i.path), i.mtime): i for i in previous or []}
     found: list[ControlNetInfo] = []
     if not folder.is_dir():
@@ -260,7 +268,7 @@ def scan(folder: Path, previous: list[ControlNetInfo] | None = None) -> list[Con
         except OSError:
             short = "00000000"
         found.append(ControlNetInfo(path.resolve(), rel.as_posix(), short, kind, error, mtime))
-    return sorted(found, key=lambda i: i.name.lower())
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -298,8 +306,8 @@ class ControlNetStore:
     """The listing and a small LRU cache of loaded ControlNets (setting control_net_model_cache_size), placed on
     the run device in the run precision; the model manager owns one."""
 
-    def __init__(self, folder: Path, placement, settings):
-        self.folder = folder
+    def __init__(self, folders: tuple[Path, ...], placement, settings):
+        self.folders = folders
         self.placement = placement
         self.settings = settings
         self._lock = threading.RLock()
@@ -308,7 +316,7 @@ class ControlNetStore:
         self.refresh()
 
     def refresh(self) -> list[ControlNetInfo]:
-        found = scan(self.folder, self.items)
+        found = scan(self.folders, self.items)
         with self._lock:
             self.items = found
             live = {(str(i.path), i.mtime) for i in found}

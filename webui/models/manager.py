@@ -96,7 +96,7 @@ class ModelManager:
         self.refresh_loras()
         self.refresh_hypernetworks()
         self.refresh_vaes()
-        self.controlnets = controlnet_lib.ControlNetStore(paths.controlnet, placement, settings)
+        self.controlnets = controlnet_lib.ControlNetStore(paths.controlnets, placement, settings)
         self.upscalers: list[upscalers_lib.UpscalerFile] = []
         self._upscaler_cache: OrderedDict[str, upscalers_lib.LoadedUpscaler] = OrderedDict()
         self.refresh_upscalers()

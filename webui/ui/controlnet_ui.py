@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from webui.core.controlnet import CONTROL_MODES, RESIZE_MODES
+from webui.core.controlnet import CONTROL_MODES, CONTROL_TYPES, RESIZE_MODES
 from webui.core.errors import StudioError
 from webui.engine import saving
 from webui.engine.openpose import COLOURS, LIMBS, Pose, default_pose, draw
@@ -104,6 +104,8 @@ class ControlNetSection:
             w["pixel_perfect"] = gr.Checkbox(False, label="Pixel Perfect", elem_id=f"{p}_pixel_perfect")
             w["use_img2img"] = gr.Checkbox(False, label="Use the img2img image", elem_id=f"{p}_use_img2img",
                                            visible=m == "img2img")
+        w["control_type"] = gr.Radio(list(CONTROL_TYPES), value="All", label="Control Type",
+                                     elem_id=f"{p}_control_type")
         with gr.Row():
             w["module"] = gr.Dropdown(modules, value="none", label="Preprocessor", elem_id=f"{p}_module")
             w["model"] = gr.Dropdown(["None", *store.titles()], value="None", label="Model", elem_id=f"{p}_model")
@@ -138,11 +140,17 @@ class ControlNetSection:
 
         w["module"].change(on_module, w["module"], [w["processor_res"], w["threshold_a"], w["threshold_b"]],
                            queue=False)
-        def refresh_models():
-            store.refresh()
-            return gr.update(choices=["None", *store.titles()])
+        def on_control_type(name):
+            shown, models, module, model = e.controlnet.control_type(name)
+            return gr.update(choices=shown, value=module), gr.update(choices=models, value=model)
 
-        refresh.click(refresh_models, None, w["model"])
+        w["control_type"].input(on_control_type, w["control_type"], [w["module"], w["model"]], queue=False)
+
+        def refresh_models(control_type):
+            store.refresh()
+            return gr.update(choices=e.controlnet.control_type(control_type or "All")[1])
+
+        refresh.click(refresh_models, w["control_type"], w["model"])
 
         def do_preview(image, module, res, a, b, pixel_perfect):
             picture, mask = _editor_image_and_mask(image)
@@ -181,10 +189,16 @@ class ControlNetSection:
                 elif name == "enabled":
                     out.append(True)
                 elif name == "model":
+                    # the whole list again: a Control Type may have narrowed it
+                    titles = ["None", *self.engine.models.controlnets.titles()]
                     try:
-                        out.append(self.engine.models.controlnets.find(str(fields["model"])).title)
+                        out.append(gr.update(choices=titles,
+                                             value=self.engine.models.controlnets.find(str(fields["model"])).title))
                     except (StudioError, KeyError):
                         out.append(gr.update())
+                elif name == "module" and name in fields:
+                    out.append(gr.update(choices=self.engine.controlnet.module_names(usable_only=True),
+                                         value=fields[name]))
                 elif name in fields:
                     out.append(fields[name])
                 else:

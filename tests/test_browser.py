@@ -153,30 +153,92 @@ def test_progress_preview_and_interrupt_in_browser(page, data_dir):
 
 
 def test_extra_networks_cards_insert_tags(page, data_dir, server):
+    """Cards with A1111's sidecar files: the preview picture is shown, search finds the activation text, a click
+    puts the LoRA's preferred weight and activation text into the prompt and its negative text into the negative
+    prompt, a second click takes them out; the editor saves name.json; Replace preview saves the selected result
+    as name.png; a hypernetwork card adds its tag, a checkpoint card switches the server's checkpoint."""
+    import json
+
     from lora_factory import make_kohya_lora, tiny_pipeline
     pipe = tiny_pipeline(data_dir / "tmp-lora", "sd1", seed=1)
-    make_kohya_lora(data_dir / "models" / "Lora" / "cardtest.safetensors", pipe, rank=2, seed=3)
+    lora_dir = data_dir / "models" / "Lora"
+    make_kohya_lora(lora_dir / "cardtest.safetensors", pipe, rank=2, seed=3)
+    make_kohya_lora(lora_dir / "plaincard.safetensors", pipe, rank=2, seed=4)
+    Image.new("RGB", (40, 50), (220, 20, 20)).save(lora_dir / "cardtest.preview.png")
+    (lora_dir / "cardtest.json").write_text(json.dumps({"activation text": "cardword", "preferred weight": 0.7,
+                                                        "negative text": "ugly", "modelId": 77}))
     import hypernetwork_factory as hf
     hf.write(data_dir / "models" / "hypernetworks" / "cardnet.pt",
              {768: (hf.mlp_state(768, [(0, "linear", 768, 768)]),) * 2}, layer_structure=[1, 1])
     page.get_by_role("tab", name="txt2img").click()
     page.locator("#txt2img_prompt textarea").fill("a red circle")
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry")
     page.click("#txt2img_extra_networks button, #txt2img_extra_networks .label-wrap")
     page.click("#txt2img_extra_refresh")
-    page.wait_for_function("() => document.querySelector('#txt2img_lora_cards').innerText.includes('cardtest')")
-    page.locator("#txt2img_lora_cards").get_by_text("cardtest").click()
+    card = page.locator("#txt2img_lora_cards .thumbnail-item", has_text="cardtest")
+    card.wait_for()
+    # the preview file is the card's picture (40 px wide); a card without one shows the 192-px placeholder
+    widths = {}
+    for name in ("cardtest", "plaincard"):
+        img = page.locator("#txt2img_lora_cards .thumbnail-item", has_text=name).locator("img")
+        page.wait_for_function("(im) => im.complete && im.naturalWidth > 0", arg=img.element_handle())
+        widths[name] = img.evaluate("(im) => im.naturalWidth")
+    assert widths == {"cardtest": 40, "plaincard": 192}
+    search = page.locator("#txt2img_extra_search textarea, #txt2img_extra_search input").first
+    search.fill("cardword")
+    search.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_lora_cards .thumbnail-item').length === 1")
+    card.click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
-                           " === 'a red circle <lora:cardtest:1>'")
+                           " === 'a red circle <lora:cardtest:0.7> cardword'")
+    assert page.locator("#txt2img_neg_prompt textarea").input_value() == "blurry (ugly:1)"
+    card.click()             # a second click takes the card's text out of both prompts
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a red circle'")
+    assert page.locator("#txt2img_neg_prompt textarea").input_value() == "blurry"
+    # the editor shows the last card clicked: a new preferred weight is saved beside the file and used
+    page.click("#txt2img_card_editor .label-wrap")
+    assert page.locator("#txt2img_card_activation textarea, #txt2img_card_activation input").first.input_value() \
+        == "cardword"
+    weight = page.locator("#txt2img_card_weight input[type=number]")
+    weight.fill("0.4")
+    weight.press("Enter")
+    page.click("#txt2img_card_save")
+    page.wait_for_function("() => document.querySelector('#txt2img_card_status').innerText.includes('cardtest.json')")
+    saved = json.loads((lora_dir / "cardtest.json").read_text())
+    assert saved["preferred weight"] == 0.4 and saved["activation text"] == "cardword" and saved["modelId"] == 77
+    card.click()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
+                           " === 'a red circle <lora:cardtest:0.4> cardword'")
+    # Replace preview: the selected result becomes cardtest.png, which the card then shows
+    page.locator("#txt2img_prompt textarea").fill("a green square")
+    folder = data_dir / "outputs" / "txt2img-images"
+    before = pngs(folder)
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img').innerText.includes('a green square')"
+                           " && document.querySelector('#txt2img_progress').innerText.trim() === ''",
+                           timeout=120_000)
+    result = newest_new_png(folder, before)
+    page.click("#txt2img_card_replace_preview")
+    page.wait_for_function("() => document.querySelector('#txt2img_card_status').innerText.includes('cardtest.png')")
+    with Image.open(lora_dir / "cardtest.png") as a, Image.open(result) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+        result_width = b.size[0]
+    search.fill("")
+    search.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_lora_cards .thumbnail-item').length >= 2")
+    img = card.locator("img")
+    page.wait_for_function(f"(im) => im.complete && im.naturalWidth === {result_width}", arg=img.element_handle())
     page.get_by_role("tab", name="Hypernetworks").first.click()
-    page.locator("#txt2img_hypernetwork_cards").get_by_text("cardnet").click()
+    page.locator("#txt2img_prompt textarea").fill("a red circle")
+    page.locator("#txt2img_hypernetwork_cards .thumbnail-item", has_text="cardnet").click()
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value"
-                           " === 'a red circle <lora:cardtest:1> <hypernet:cardnet:1>'")
+                           " === 'a red circle <hypernet:cardnet:1>'")
     # a checkpoint card switches the server's checkpoint and the dropdown at the top
     import httpx
     current = httpx.get(server + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"]
     other = "tiny-sd1.safetensors" if "tiny-sd1." not in current else "shapes-tiny-v1.safetensors"
     page.get_by_role("tab", name="Checkpoints").first.click()
-    page.locator("#txt2img_checkpoints_cards").get_by_text(other).first.click()
+    page.locator("#txt2img_checkpoint_cards .thumbnail-item", has_text=other).first.click()
     deadline = time.time() + 60
     while other not in httpx.get(server + "/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"]:
         assert time.time() < deadline, "the checkpoint card did not switch the model"

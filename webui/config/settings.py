@@ -119,6 +119,13 @@ def _defs() -> dict[str, Setting]:
         "extra_networks_default_multiplier": s(1.0, "Default multiplier for extra networks (a card's tag; a "
                                                     "<lora:name> tag without a weight)", "Extra Networks",
                                                     minimum=0.0, maximum=2.0),
+        "extra_networks_add_text_separator": s(" ", "Extra networks separator: the text put between the prompt and "
+                                                    "a card's text", "Extra Networks"),
+        "extra_networks_card_order_field": s("Path", "Default order field for Extra Networks cards",
+                                             "Extra Networks", choices=("Path", "Name", "Date Created",
+                                                                        "Date Modified")),
+        "extra_networks_card_order": s("Ascending", "Default order for Extra Networks cards", "Extra Networks",
+                                       choices=("Ascending", "Descending")),
         "live_previews_enable": s(True, "Show live previews of the created image", "Live previews"),
         "show_progress_every_n_steps": s(10, "Live preview display period (steps; -1 or 0: no previews while "
                                          "sampling)", "Live previews", minimum=-1, maximum=100),

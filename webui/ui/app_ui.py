@@ -90,11 +90,13 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
             with gr.Tab("txt2img", id="tab_txt2img", elem_id="tab_txt2img"):
                 t2i = GenerationTab(engine, "txt2img", scripts)
                 t2i.build()
-                extra_networks.build(engine, t2i.fields["prompt"], ckpt, "txt2img")
+                extra_networks.build(engine, t2i.fields["prompt"], t2i.fields["negative_prompt"], ckpt, "txt2img",
+                                     t2i.gallery, t2i.selected)
             with gr.Tab("img2img", id="tab_img2img", elem_id="tab_img2img"):
                 i2i = GenerationTab(engine, "img2img", scripts)
                 i2i.build()
-                extra_networks.build(engine, i2i.fields["prompt"], ckpt, "img2img")
+                extra_networks.build(engine, i2i.fields["prompt"], i2i.fields["negative_prompt"], ckpt, "img2img",
+                                     i2i.gallery, i2i.selected)
             wire_send_to(t2i, i2i, tabs)
             wire_send_to(i2i, i2i, tabs)
             from webui.ui import extras_tab, upscale_tab

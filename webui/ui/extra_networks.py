@@ -1,82 +1,183 @@
-"""The extra networks panel: cards for LoRAs, hypernetworks, embeddings and checkpoints; a click inserts the tag
-into the prompt (or, for a checkpoint, picks it), as in A1111."""
+"""The extra networks panel, as A1111's: cards (preview picture and name) for LoRAs, hypernetworks, embeddings and
+checkpoints, searched and sorted; a click puts the card's text into the prompt (a LoRA's preferred weight and
+activation text, its negative text into the negative prompt) or takes it out when it is there already, and a
+checkpoint card picks that checkpoint. The card editor keeps a card's description, activation text, preferred
+weight, negative text, SD version and notes in the JSON file beside the model, and "Replace preview" makes the
+selected result picture the card's preview."""
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
+from webui.core import card_prompts
+from webui.core.errors import StudioError
 from webui.engine.processing import Engine
+from webui.models import cards as cards_lib
+from webui.models import user_metadata
+from webui.ui.common import error_html, info_html
+
+TABS = (("lora", "Lora"), ("hypernetwork", "Hypernetworks"), ("embedding", "Textual Inversion"),
+        ("checkpoint", "Checkpoints"))
 
 
-def _samples(names: list[str]) -> list[list[str]]:
-    return [[n] for n in names] or [["(none found)"]]
+def _no_preview() -> Image.Image:
+    """The picture of a card without a preview file (as A1111's card-no-preview)."""
+    im = Image.new("RGB", (192, 256), (58, 62, 70))
+    ImageDraw.Draw(im).text((60, 122), "no preview", fill=(190, 190, 190))
+    return im
 
 
-def build(engine: Engine, prompt: gr.Textbox, checkpoint, prefix: str) -> None:
-    """``checkpoint``: the page's CheckpointBar (a card click picks that checkpoint), or None."""
+def _gallery_value(shown: list[cards_lib.Card], blank: Image.Image) -> list:
+    return [(str(c.preview) if c.preview else blank, c.name) for c in shown]
+
+
+def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, checkpoint, prefix: str,
+          results: gr.Gallery | None = None, selected: gr.State | None = None) -> None:
+    """``checkpoint``: the page's CheckpointBar (a card click picks that checkpoint), or None; ``results`` and
+    ``selected``: the tab's result gallery and its selected index, for "Replace preview"."""
     models = engine.models
+    blank = _no_preview()
 
-    def lora_names() -> list[str]:
-        return [i.name for i in models.loras]
+    def shown_cards(kind: str, search: str, order: str, descending: bool) -> list[cards_lib.Card]:
+        return cards_lib.select(cards_lib.list_cards(models, kind), search, order, bool(descending))
 
-    def hypernetwork_names() -> list[str]:
-        return [i.name for i in models.hypernetworks]
+    def multiplier() -> float:
+        return float(engine.settings.get("extra_networks_default_multiplier", 1.0))
 
-    def embedding_names() -> list[str]:
-        loaded, _ = models.embeddings()
-        return sorted(loaded)
+    def separator() -> str:
+        return str(engine.settings.get("extra_networks_add_text_separator", " "))
 
+    galleries, names = {}, {}
     with gr.Accordion("Extra networks", open=False, elem_id=f"{prefix}_extra_networks"):
+        with gr.Row():
+            search = gr.Textbox(label="Search", placeholder="name, path, description, activation text",
+                                elem_id=f"{prefix}_extra_search", scale=3)
+            order = gr.Dropdown(list(cards_lib.SORT_FIELDS), value=str(engine.settings.get(
+                "extra_networks_card_order_field", "Path")), label="Sort by", elem_id=f"{prefix}_extra_sort")
+            descending = gr.Checkbox(engine.settings.get("extra_networks_card_order", "Ascending") == "Descending",
+                                     label="Descending", elem_id=f"{prefix}_extra_descending")
+            refresh = gr.Button("Refresh", size="sm", elem_id=f"{prefix}_extra_refresh", scale=0)
         with gr.Tabs():
-            with gr.Tab("Lora", elem_id=f"{prefix}_lora_tab"):
-                loras = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(lora_names()),
-                                   label="LoRA (click to add to the prompt)", elem_id=f"{prefix}_lora_cards")
-            with gr.Tab("Hypernetworks", elem_id=f"{prefix}_hypernetworks_tab"):
-                hypernets = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(hypernetwork_names()),
-                                       label="Hypernetworks (click to add to the prompt)",
-                                       elem_id=f"{prefix}_hypernetwork_cards")
-            with gr.Tab("Textual Inversion", elem_id=f"{prefix}_textual_inversion_tab"):
-                embs = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(embedding_names()),
-                                  label="Embeddings (click to add to the prompt)",
-                                  elem_id=f"{prefix}_textual_inversion_cards")
-            with gr.Tab("Checkpoints", elem_id=f"{prefix}_checkpoints_tab"):
-                ckpts = gr.Dataset(components=[gr.Textbox(visible=False)], samples=_samples(models.titles()),
-                                   label="Checkpoints (click to use)", elem_id=f"{prefix}_checkpoints_cards")
-        refresh = gr.Button("Refresh", size="sm", elem_id=f"{prefix}_extra_refresh")
+            for kind, label in TABS:
+                with gr.Tab(label, elem_id=f"{prefix}_{kind}_tab"):
+                    first = shown_cards(kind, "", order.value, descending.value)
+                    galleries[kind] = gr.Gallery(_gallery_value(first, blank), label=label, columns=6, height=340,
+                                                 allow_preview=False, object_fit="cover", show_label=False,
+                                                 elem_id=f"{prefix}_{kind}_cards")
+                    names[kind] = gr.State([c.name for c in first])
+        with gr.Accordion("Edit card metadata (the last card clicked)", open=False, elem_id=f"{prefix}_card_editor"):
+            current = gr.State(None)      # (kind, name) of the card the editor shows
+            title = gr.Markdown("No card clicked yet.", elem_id=f"{prefix}_card_title")
+            description = gr.Textbox(label="Description", lines=2, elem_id=f"{prefix}_card_description")
+            with gr.Row():
+                activation = gr.Textbox(label="Activation text (LoRA)", elem_id=f"{prefix}_card_activation")
+                weight = gr.Slider(0, 2, value=0, step=0.05, label="Preferred weight (LoRA; 0: the default multiplier)",
+                                   elem_id=f"{prefix}_card_weight")
+            with gr.Row():
+                neg_text = gr.Textbox(label="Negative prompt (LoRA)", elem_id=f"{prefix}_card_negative")
+                sd_version = gr.Dropdown(list(user_metadata.SD_VERSIONS), value="Unknown", label="SD version",
+                                         elem_id=f"{prefix}_card_sd_version")
+            notes = gr.Textbox(label="Notes", lines=2, elem_id=f"{prefix}_card_notes")
+            with gr.Row():
+                save = gr.Button("Save", size="sm", elem_id=f"{prefix}_card_save")
+                replace = gr.Button("Replace preview (the selected result)", size="sm",
+                                    elem_id=f"{prefix}_card_replace_preview", visible=results is not None)
+            status = gr.HTML("", elem_id=f"{prefix}_card_status")
+    editor = [title, description, activation, weight, neg_text, sd_version, notes]
 
-    def add(tag: str, text: str) -> str:
-        text = text or ""
-        return f"{text}{' ' if text and not text.endswith(' ') else ''}{tag}"
+    def find_card(kind: str, name: str) -> cards_lib.Card | None:
+        return next((c for c in cards_lib.list_cards(models, kind) if c.name == name), None)
 
-    def multiplier() -> str:
-        """The setting extra_networks_default_multiplier, as the tag writes it (1, 0.7)."""
-        value = float(engine.settings.get("extra_networks_default_multiplier", 1.0))
-        return f"{value:g}"
+    def editor_values(card: cards_lib.Card) -> list:
+        md = card.metadata
+        try:
+            w = float(md.get("preferred weight") or 0)
+        except (TypeError, ValueError):
+            w = 0.0
+        version = str(md.get("sd version") or "Unknown")
+        return [f"**{card.name}** ({card.kind}, `{card.rel}`)", card.description, str(md.get("activation text") or ""),
+                w, str(md.get("negative text") or ""),
+                version if version in user_metadata.SD_VERSIONS else "Unknown", str(md.get("notes") or "")]
 
-    def on_lora(sample, text):
-        name = sample[0]
-        return text if name.startswith("(") else add(f"<lora:{name}:{multiplier()}>", text)
+    def picked(kind: str):
+        def pick(shown_names, prompt_text, negative_text, evt: gr.SelectData):
+            name = shown_names[evt.index] if 0 <= evt.index < len(shown_names) else None
+            card = find_card(kind, name) if name else None
+            if card is None:
+                return [gr.update(), gr.update(), *[gr.update()] * len(editor), None, gr.update()]
+            values = [*editor_values(card), (kind, name)]
+            if kind == "checkpoint":
+                return [gr.update(), gr.update(), *values, card.name]
+            text, neg = card_prompts.card_texts(kind, card.name, card.metadata, multiplier())
+            new_prompt, added = card_prompts.toggle(prompt_text, kind, card.name, text, separator())
+            new_negative = card_prompts.toggle_negative(negative_text, neg, added, separator())
+            return [new_prompt, new_negative, *values, gr.update()]
+        return pick
 
-    def on_hypernet(sample, text):
-        name = sample[0]
-        return text if name.startswith("(") else add(f"<hypernet:{name}:{multiplier()}>", text)
+    dropdown = checkpoint.dropdown if checkpoint is not None else gr.State(None)
+    negative_box = negative if negative is not None else gr.State("")
+    for kind, _ in TABS:
+        event = galleries[kind].select(picked(kind), [names[kind], prompt, negative_box],
+                                       [prompt, negative_box, *editor, current, dropdown], queue=False)
+        if kind == "checkpoint" and checkpoint is not None:
+            event.then(checkpoint.choose, checkpoint.dropdown, checkpoint.status)
 
-    def on_embedding(sample, text):
-        name = sample[0]
-        return text if name.startswith("(") else add(name, text)
+    def redraw(search_text, order_field, desc):
+        out = []
+        for kind, _ in TABS:
+            shown = shown_cards(kind, search_text, order_field, desc)
+            out += [_gallery_value(shown, blank), [c.name for c in shown]]
+        return out
 
-    loras.click(on_lora, [loras, prompt], prompt, queue=False)
-    hypernets.click(on_hypernet, [hypernets, prompt], prompt, queue=False)
-    embs.click(on_embedding, [embs, prompt], prompt, queue=False)
-    if checkpoint is not None:
-        ckpts.click(lambda s: gr.update() if s[0].startswith("(") else s[0], ckpts, checkpoint.dropdown,
-                    queue=False).then(checkpoint.choose, checkpoint.dropdown, checkpoint.status)
+    lists = [x for kind, _ in TABS for x in (galleries[kind], names[kind])]
+    for trigger in (search.submit, order.input, descending.input):
+        trigger(redraw, [search, order, descending], lists, queue=False)
 
-    def do_refresh():
+    def do_refresh(search_text, order_field, desc):
         models.refresh_loras()
         models.refresh_hypernetworks()
         models.refresh_embeddings()
         models.refresh()
-        return (gr.Dataset(samples=_samples(lora_names())), gr.Dataset(samples=_samples(hypernetwork_names())),
-                gr.Dataset(samples=_samples(embedding_names())), gr.Dataset(samples=_samples(models.titles())))
+        return redraw(search_text, order_field, desc)
 
-    refresh.click(do_refresh, None, [loras, hypernets, embs, ckpts])
+    refresh.click(do_refresh, [search, order, descending], lists)
+
+    def do_save(card_key, desc, act, w, neg, version, note, search_text, order_field, sort_desc):
+        if not card_key:
+            return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
+        card = find_card(*card_key)
+        if card is None or card.path is None:
+            return [error_html(f"{card_key[1]} is no longer there (press Refresh)"),
+                    *redraw(search_text, order_field, sort_desc)]
+        data = {"description": desc or "", "sd version": version or "Unknown", "notes": note or ""}
+        if card.kind == "lora":
+            data.update({"activation text": act or "", "preferred weight": float(w or 0), "negative text": neg or ""})
+        try:
+            target = user_metadata.write(card.path, data)
+        except OSError as err:
+            return [error_html(f"could not save {card.name}'s metadata: {err}"),
+                    *redraw(search_text, order_field, sort_desc)]
+        return [info_html(f"Saved {target.name}"), *redraw(search_text, order_field, sort_desc)]
+
+    save.click(do_save, [current, *editor[1:], search, order, descending], [status, *lists])
+
+    if results is not None and selected is not None:
+        from webui.ui.generation_tab import selected_image
+
+        def do_replace(card_key, gallery_value, index, search_text, order_field, sort_desc):
+            if not card_key:
+                return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
+            card = find_card(*card_key)
+            picture = selected_image(gallery_value, index)
+            if card is None or card.path is None:
+                message = error_html(f"{card_key[1]} is no longer there (press Refresh)")
+            elif picture is None:
+                message = error_html("there is no picture in the results to use as the preview")
+            else:
+                try:
+                    message = info_html(f"Saved {user_metadata.save_preview(card.path, picture).name}")
+                except (OSError, StudioError) as err:
+                    message = error_html(f"could not save the preview: {err}")
+            return [message, *redraw(search_text, order_field, sort_desc)]
+
+        replace.click(do_replace, [current, results, selected, search, order, descending], [status, *lists])

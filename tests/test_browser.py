@@ -283,6 +283,44 @@ def test_inpaint_upload_in_browser(page, data_dir, tmp_path):
     assert "Mask blur: 0" in Image.open(saved).info["parameters"]
 
 
+
+def test_img2img_batch_upload_with_png_info(page, data_dir, tmp_path):
+    """The Batch tab's Upload source with "Append png info to prompts": both uploaded pictures are processed into
+    the output folder; the one carrying an infotext gets its prompt appended and its seed, the other the form's."""
+    from PIL import ImageDraw, PngImagePlugin
+    pick_tiny_sd1(page)
+    for name, colour, text in (("first", (220, 30, 30), "a red circle\nSteps: 3, Seed: 91, Size: 64x64"),
+                               ("second", (30, 160, 50), None)):
+        im = Image.new("RGB", (64, 64), (40, 60, 200))
+        ImageDraw.Draw(im).ellipse((12, 12, 50, 50), fill=colour)
+        info = PngImagePlugin.PngInfo()
+        if text:
+            info.add_text("parameters", text)
+        im.save(tmp_path / f"{name}.png", pnginfo=info)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Batch", exact=True).first.click()
+    page.get_by_role("tab", name="Upload", exact=True).first.click()
+    page.locator("#img2img_batch_upload input[type=file]").set_input_files(
+        [str(tmp_path / "first.png"), str(tmp_path / "second.png")])
+    page.wait_for_function("() => document.querySelector('#img2img_batch_upload').innerText.includes('second')")
+    out = tmp_path / "out"
+    page.locator("#img2img_batch_output_dir textarea, #img2img_batch_output_dir input").first.fill(str(out))
+    page.click("#img2img_batch_png_info .label-wrap")
+    page.locator("#img2img_batch_use_png_info input[type=checkbox]").check()
+    for prop in ("Prompt", "Seed"):
+        page.locator("#img2img_batch_png_info_props").get_by_label(prop, exact=True).check()
+    for eid, v in (("img2img_steps", 3), ("img2img_width", 64), ("img2img_height", 64), ("img2img_seed", 5)):
+        set_number(page, eid, v)
+    page.locator("#img2img_prompt textarea").fill("a green square")
+    page.click("#img2img_generate")
+    page.wait_for_function("() => document.querySelector('#html_info_img2img').innerText.includes("
+                           "'2 image(s) processed')", timeout=120_000)
+    assert page.locator("#img2img_error").inner_text() == ""
+    first = Image.open(out / "first.png").info["parameters"]
+    second = Image.open(out / "second.png").info["parameters"]
+    assert first.startswith("a green square a red circle\n") and "Seed: 91," in first and "Steps: 3," in first
+    assert second.startswith("a green square\n") and "Seed: 5," in second
+
 def test_send_to_img2img_carries_image_and_parameters(page, data_dir):
     page.get_by_role("tab", name="txt2img").first.click()
     set_number(page, "txt2img_steps", 4)

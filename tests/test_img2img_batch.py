@@ -133,3 +133,77 @@ def test_batch_bad_folders_are_named(engine, folder):
     with pytest.raises(InvalidField) as e:
         engine.submit_img2img_batch(req(), str(folder / "in"), str(folder / "afile"))
     assert e.value.field == "output_dir"
+
+
+def with_infotext(image: Image.Image, path, text: str) -> None:
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    image.save(path, pnginfo=info)
+
+
+def wait(job):
+    while not job.done.wait(0.05):
+        pass
+    return job.wait()
+
+
+def test_uploaded_files_resize_by_and_one_random_seed_for_all(engine, folder):
+    """A1111 1.10's Upload source (files, not a folder), "Resize by" from each image's own size, and a seed of -1
+    drawn once for the whole batch."""
+    src, out = folder / "in", folder / "up"
+    files = [src / "a.png", src / "sub" / "c.webp", src / "bad.png"]
+    res = wait(engine.submit_img2img_batch(req(seed=-1), None, str(out), files=files, scale_by=1.5))
+    assert res.processed == ["a.png", "c.webp"] and [n for n, _ in res.skipped] == ["bad.png"]
+    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"a.png": (96, 96), "c.png": (120, 96)}         # 64x64 and 80x64 times 1.5
+    seeds = {Image.open(p).info["parameters"].split("Seed: ")[1].split(",")[0] for p in out.iterdir()}
+    assert len(seeds) == 1
+    with pytest.raises(InvalidField) as e:
+        engine.submit_img2img_batch(req(), None, str(out))
+    assert e.value.field == "input_dir" and "uploaded" in str(e.value)
+
+
+def test_png_info_is_appended_to_the_prompts_and_replaces_the_chosen_parameters(engine, folder):
+    """"Append png info to prompts": the chosen keys of each image's infotext; the output is what a single img2img
+    run with those values gives. An image without an infotext keeps the form's values."""
+    only = folder / "info"
+    only.mkdir()
+    other = next(c for c in engine.models.usable() if c.name == "tiny-sd1-pickle.ckpt")
+    text = (f"a red circle\nNegative prompt: blurry\nSteps: 4, Sampler: Euler, CFG scale: 3, Seed: 77, "
+            f"Size: 64x64, Model hash: {other.shorthash}, Model: tiny-sd1-pickle")
+    with_infotext(drawn((220, 30, 30)), only / "x.png", text)
+    drawn((30, 160, 50)).save(only / "y.png")
+    props = ["Prompt", "Seed", "Steps", "Sampler", "Model hash"]
+    res = wait(engine.submit_img2img_batch(req(negative_prompt="dark"), str(only), str(folder / "o"),
+                                           use_png_info=True, png_info_props=props))
+    assert res.processed == ["x.png", "y.png"]
+    x = Image.open(folder / "o" / "x.png")
+    info = x.info["parameters"]
+    assert info.startswith("a green square a red circle\nNegative prompt: dark\n")   # negative not chosen
+    assert "Steps: 4," in info and "Sampler: Euler," in info and "Seed: 77," in info and "CFG scale: 7," in info
+    assert "Model: tiny-sd1-pickle," in info
+    single = engine.img2img(req(prompt="a green square a red circle", negative_prompt="dark", steps=4,
+                                sampler_name="Euler", seed=77,
+                                override_settings={"sd_model_checkpoint": other.title}),
+                            [Image.open(only / "x.png")], save=False)
+    assert np.array_equal(np.asarray(x.convert("RGB")), np.asarray(single.images[0]))
+    y = Image.open(folder / "o" / "y.png").info["parameters"]
+    assert y.startswith("a green square\n") and "Seed: 5," in y and "Model: tiny-sd1," in y
+
+    # the infotext from a PNG info folder's file of the same name; the inputs carry none
+    plain, infos = folder / "plain", folder / "infos"
+    plain.mkdir()
+    infos.mkdir()
+    drawn((220, 30, 30)).save(plain / "x.png")
+    with_infotext(drawn((0, 0, 0)), infos / "x.png", "a yellow star\nSteps: 3, Seed: 91, Size: 64x64")
+    res = wait(engine.submit_img2img_batch(req(), str(plain), str(folder / "o2"), use_png_info=True,
+                                           png_info_props=["Prompt", "Seed"], png_info_dir=str(infos)))
+    info = Image.open(folder / "o2" / "x.png").info["parameters"]
+    assert info.startswith("a green square a yellow star\n") and "Seed: 91," in info
+    with pytest.raises(InvalidField) as e:
+        engine.submit_img2img_batch(req(), str(plain), "", use_png_info=True, png_info_props=["Size"])
+    assert e.value.field == "png_info_props" and "valid: Prompt, Negative prompt" in str(e.value)
+    with pytest.raises(InvalidField) as e:
+        engine.submit_img2img_batch(req(), str(plain), "", use_png_info=True, png_info_dir=str(folder / "none"))
+    assert e.value.field == "png_info_dir"

@@ -7,7 +7,12 @@ a masks folder holding exactly one file uses that mask for every image, otherwis
 its own stem (``cat.png`` -> ``masks/cat.*``) and an image without one is skipped. Outputs are named after the
 input (``cat.png``; ``cat-1.png``, ``cat-2.png`` ... when a request makes several images); a name already taken
 gets ``_1``, ``_2``: nothing is overwritten, and each file is written atomically. Without an output folder the
-images are saved like any img2img job (outputs/img2img-images).
+images are saved like any img2img job (outputs/img2img-images). A random seed is drawn once for the whole batch.
+
+Also as A1111 1.10: the images can be uploaded files instead of a folder; "Resize by" scales each image by its own
+size; "Append png info to prompts" takes the chosen parameters (PNG_INFO_PROPS) from each image's infotext, or from
+the file of the same name in a PNG info folder: its prompts are appended to the form's, the rest replace the form's,
+and a "Model hash" of a local checkpoint picks that checkpoint.
 """
 from __future__ import annotations
 
@@ -18,18 +23,31 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from webui.core.errors import InvalidField, StudioError
-from webui.core.request import Img2ImgRequest
+from webui.core.infotext import parse_infotext
+from webui.core.request import Img2ImgRequest, resolve_seed
 from webui.engine import saving
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 SHOW_LIMIT = 32   # images kept for the gallery (A1111's img2img_batch_show_results_limit); all are written
+PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")
 
 
 @dataclass(frozen=True)
 class BatchFolders:
-    input_dir: Path
+    input_dir: Path | None       # None: the uploaded ``files`` are the inputs
     output_dir: Path | None      # None: saved as a normal img2img job
     mask_dir: Path | None
+    files: tuple[Path, ...] = ()
+    scale_by: float | None = None             # "Resize by": each image's own size times this
+    use_png_info: bool = False
+    png_info_props: tuple[str, ...] = ()
+    png_info_dir: Path | None = None
+
+    def inputs(self) -> list[tuple[Path, str]]:
+        """(file, name shown and used for the output) of every input image."""
+        if self.input_dir is None:
+            return [(f, f.name) for f in self.files]
+        return [(f, f.relative_to(self.input_dir).as_posix()) for f in list_images(self.input_dir)]
 
 
 @dataclass
@@ -53,21 +71,66 @@ class BatchResult:
         return ", ".join(parts[:1]) + "".join(f"\n{p}" for p in parts[1:])
 
 
-def check_folders(input_dir: str | Path, output_dir: str | Path | None = "",
-                  mask_dir: str | Path | None = "") -> BatchFolders:
-    """The folders of a batch, checked before any work (InvalidField names the bad one)."""
-    if not str(input_dir or "").strip():
-        raise InvalidField("input_dir", "an input folder is needed")
-    src = Path(str(input_dir).strip()).expanduser()
-    if not src.is_dir():
-        raise InvalidField("input_dir", f"the input folder {str(src)!r} does not exist")
+def check_folders(input_dir: str | Path | None, output_dir: str | Path | None = "",
+                  mask_dir: str | Path | None = "", *, files: list[str | Path] | None = None,
+                  scale_by: float | None = None, use_png_info: bool = False,
+                  png_info_props: list[str] | tuple[str, ...] = (), png_info_dir: str | Path | None = ""
+                  ) -> BatchFolders:
+    """The folders (or uploaded ``files``) and options of a batch, checked before any work (InvalidField names the
+    bad one)."""
+    uploaded = tuple(Path(str(f)) for f in files or ())
+    src = None
+    if not uploaded:
+        if not str(input_dir or "").strip():
+            raise InvalidField("input_dir", "an input folder (or uploaded images) is needed")
+        src = Path(str(input_dir).strip()).expanduser()
+        if not src.is_dir():
+            raise InvalidField("input_dir", f"the input folder {str(src)!r} does not exist")
+    unknown = [p for p in png_info_props or () if p not in PNG_INFO_PROPS]
+    if unknown:
+        raise InvalidField("png_info_props", f"unknown parameter {unknown[0]!r}; valid: {', '.join(PNG_INFO_PROPS)}")
+    info_dir = Path(str(png_info_dir).strip()).expanduser() if str(png_info_dir or "").strip() else None
+    if use_png_info and info_dir is not None and not info_dir.is_dir():
+        raise InvalidField("png_info_dir", f"the PNG info folder {str(info_dir)!r} does not exist")
+    if scale_by is not None and not 0.05 <= float(scale_by) <= 8:
+        raise InvalidField("scale_by", f"scale_by must be between 0.05 and 8, got {scale_by!r}")
     out = Path(str(output_dir).strip()).expanduser() if str(output_dir or "").strip() else None
     if out is not None and out.exists() and not out.is_dir():
         raise InvalidField("output_dir", f"{str(out)!r} is a file, not a folder")
     masks = Path(str(mask_dir).strip()).expanduser() if str(mask_dir or "").strip() else None
     if masks is not None and not masks.is_dir():
         raise InvalidField("mask_dir", f"the masks folder {str(masks)!r} does not exist")
-    return BatchFolders(src, out, masks)
+    return BatchFolders(src, out, masks, uploaded, float(scale_by) if scale_by is not None else None,
+                        bool(use_png_info), tuple(png_info_props or ()), info_dir)
+
+
+def with_png_info(req: Img2ImgRequest, base: Img2ImgRequest, infotext: str | None, props: tuple[str, ...],
+                  models) -> Img2ImgRequest:
+    """``req`` with the chosen parameters of an image's infotext (A1111's "Append png info to prompts"): prompts
+    appended to ``base``'s, seed / CFG scale / sampler / steps replacing them, a "Model hash" found among the local
+    checkpoints choosing that one. An image without an infotext leaves ``base``'s values."""
+    parsed = {k: v for k, v in parse_infotext(infotext).items() if k in props} if infotext else {}
+    changes: dict = {"prompt": base.prompt + (" " + str(parsed["Prompt"]) if "Prompt" in parsed else ""),
+                     "negative_prompt": base.negative_prompt + (" " + str(parsed["Negative prompt"])
+                                                                if "Negative prompt" in parsed else "")}
+    try:
+        if "Seed" in parsed:
+            changes["seed"] = int(float(str(parsed["Seed"])))
+        if "CFG scale" in parsed:
+            changes["cfg_scale"] = float(str(parsed["CFG scale"]))
+        if "Steps" in parsed:
+            changes["steps"] = int(float(str(parsed["Steps"])))
+    except ValueError as e:
+        raise ValueError(f"its infotext has a bad number ({e})") from None
+    if "Sampler" in parsed:
+        changes["sampler_name"], changes["scheduler"] = str(parsed["Sampler"]), base.scheduler
+    override = dict(base.override_settings or {})
+    if "Model hash" in parsed:
+        found = next((c for c in models.usable() if c.matches(str(parsed["Model hash"]))), None)
+        if found is not None:
+            override["sd_model_checkpoint"] = found.title
+    changes["override_settings"] = override
+    return dataclasses.replace(req, **changes)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -103,7 +166,7 @@ def open_image(path: Path) -> Image.Image:
 def run_batch(engine, job, req: Img2ImgRequest, folders: BatchFolders) -> BatchResult:
     """Process the folder inside a running queue job (engine: the studio's Engine)."""
     out = BatchResult()
-    files = list_images(folders.input_dir)
+    files = folders.inputs()
     masks = list_masks(folders.mask_dir)
     if not files:
         out.notes.append(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folders.input_dir}")
@@ -113,25 +176,37 @@ def run_batch(engine, job, req: Img2ImgRequest, folders: BatchFolders) -> BatchR
     fmt = "jpg" if fmt == "jpeg" else fmt
     quality = int(opts.get("jpeg_quality", 80))
     save_normally = folders.output_dir is None
-    item_req = dataclasses.replace(req, do_not_save_grid=True)   # a batch never saves grids (A1111)
+    # a batch never saves grids; a random seed is drawn once for all its images (A1111)
+    item_req = dataclasses.replace(req, do_not_save_grid=True, seed=resolve_seed(req.seed),
+                                   subseed=resolve_seed(req.subseed))
     job.progress.run_count = len(files)
-    for k, path in enumerate(files):
+    for k, (path, name) in enumerate(files):
         if job.interrupted:
             out.interrupted = True
             break
         job.skipped = False
         job.progress.run_no = k
         job.progress.stage = f"{k + 1} out of {len(files)}: "
-        name = path.relative_to(folders.input_dir).as_posix()
         try:
             image = open_image(path)
+            this_req = item_req
+            if folders.scale_by is not None:
+                w, h = int(image.width * folders.scale_by), int(image.height * folders.scale_by)
+                this_req = dataclasses.replace(this_req, width=max(8, w - w % 8), height=max(8, h - h % 8))
+            if folders.use_png_info:
+                source = folders.png_info_dir / path.name if folders.png_info_dir is not None else image
+                try:
+                    infotext, _ = saving.read_infotext(source)
+                except (OSError, UnidentifiedImageError, ValueError):
+                    infotext = None        # as A1111: no usable PNG info, the form's values
+                this_req = with_png_info(this_req, item_req, infotext, folders.png_info_props, engine.models)
             mask = None
             if masks:
                 mask_path = find_mask(path, masks)
                 if mask_path is None:
                     raise ValueError(f"no mask named {path.stem}.* in {folders.mask_dir}")
                 mask = open_image(mask_path)
-            res = engine.run_in_job(job, item_req, [image], mask, save=save_normally)
+            res = engine.run_in_job(job, this_req, [image], mask, save=save_normally)
         except (ValueError, StudioError) as e:
             out.skipped.append((name, str(e)))
             continue

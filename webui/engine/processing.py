@@ -225,12 +225,14 @@ class Engine:
     def img2img(self, req: Img2ImgRequest, images: list, mask=None, *, save: bool = True) -> GenerationResult:
         return self.submit_img2img(req, images, mask, save=save).wait()
 
-    def submit_img2img_batch(self, req: Img2ImgRequest, input_dir: str, output_dir: str = "",
-                             mask_dir: str = "") -> Job:
-        """A1111's img2img "Batch" tab: every image of a folder (with an optional masks folder) through img2img,
-        written to output_dir (or saved as usual when it is empty). The job's result is a batch.BatchResult."""
+    def submit_img2img_batch(self, req: Img2ImgRequest, input_dir: str | None, output_dir: str = "",
+                             mask_dir: str = "", **options) -> Job:
+        """A1111's img2img "Batch" tab: every image of a folder (or the uploaded ``files``; with an optional masks
+        folder) through img2img, written to output_dir (or saved as usual when it is empty). ``options``: those of
+        batch.check_folders (files, scale_by, use_png_info, png_info_props, png_info_dir). The job's result is a
+        batch.BatchResult."""
         self.prepare(req)
-        folders = batch.check_folders(input_dir, output_dir, mask_dir)
+        folders = batch.check_folders(input_dir, output_dir, mask_dir, **options)
         return self.jobs.submit(lambda job: batch.run_batch(self, job, req, folders), "img2img batch")
 
     def run_in_job(self, job: Job, req: GenerationRequest, images: list | None = None, mask=None, *,

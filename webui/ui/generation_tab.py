@@ -9,10 +9,10 @@ import gradio as gr
 
 from webui.core import samplers as core_samplers
 from webui.core import soft_inpainting as soft_settings
-from webui.core.errors import StudioError
+from webui.core.errors import InvalidField, StudioError
 from webui.core.request import MASKED_CONTENT, RESIZE_MODES, GenerationRequest, Img2ImgRequest
 from webui.engine import samplers as engine_samplers
-from webui.engine.batch import BatchResult
+from webui.engine.batch import PNG_INFO_PROPS, BatchResult
 from webui.engine.exports import save_gallery
 from webui.engine.hires import hires_upscalers
 from webui.engine.processing import Engine
@@ -254,7 +254,15 @@ class GenerationTab:
                     shown, index, texts = upscaling
                     upscale_request(req, shown[index], texts[index] if index < len(texts) else "")
                 if m == "img2img" and init_values[0] == "batch":
-                    job = e.submit_img2img_batch(req, *init_values[-3:])
+                    (batch_in, batch_out, batch_masks, source, files, use_png, props,
+                     info_dir) = init_values[7:]
+                    uploaded = [getattr(f, "name", f) for f in files or []] if source == "upload" else None
+                    if source == "upload" and not uploaded:
+                        raise InvalidField("batch", "upload the images to process first (or use From directory)")
+                    job = e.submit_img2img_batch(
+                        req, None if uploaded else batch_in, batch_out, batch_masks, files=uploaded,
+                        scale_by=float(kw["scale_by"]) if kw["scale_by_tab"] else None,
+                        use_png_info=bool(use_png), png_info_props=list(props or []), png_info_dir=info_dir)
                 elif m == "img2img":
                     images, mask = init_from_editors(*init_values[:7])
                     if kw["scale_by_tab"]:   # "Resize by": the size is the input image's times the scale
@@ -400,15 +408,33 @@ class GenerationTab:
                 upload_mask = gr.Image(label="Mask", type="pil", format="png",
                                        elem_id="img_inpaint_mask", sources=["upload"])
             with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as t6:
-                gr.Markdown("Process every image (.png .jpg .jpeg .webp .tif .tiff .bmp) of a folder on the "
-                            "server, sub-folders included. With a masks folder: one file there is the mask of "
-                            "every image, else each image takes the mask with its own name. Outputs are named "
-                            "after the inputs and never overwrite a file; without an output folder they are saved "
-                            "as usual. Unreadable files are listed and skipped.")
-                batch_in = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                gr.Markdown("Process every uploaded image, or every image (.png .jpg .jpeg .webp .tif .tiff .bmp) "
+                            "of a folder on the server, sub-folders included. With a masks folder: one file there "
+                            "is the mask of every image, else each image takes the mask with its own name. Outputs "
+                            "are named after the inputs and never overwrite a file; without an output folder they "
+                            "are saved as usual. Unreadable files are listed and skipped.")
+                batch_source = gr.State("upload")
+                with gr.Tabs(elem_id="img2img_batch_source"):
+                    with gr.Tab("Upload", elem_id="img2img_batch_upload_tab") as upload_tab:
+                        batch_files = gr.File(label="Images", file_count="multiple", file_types=["image"],
+                                              elem_id="img2img_batch_upload")
+                    with gr.Tab("From directory", elem_id="img2img_batch_from_dir_tab") as dir_tab:
+                        batch_in = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
+                upload_tab.select(lambda: "upload", None, batch_source, queue=False)
+                dir_tab.select(lambda: "directory", None, batch_source, queue=False)
                 batch_out = gr.Textbox(label="Output directory", elem_id="img2img_batch_output_dir")
                 batch_masks = gr.Textbox(label="Inpaint batch mask directory (required for inpaint batch "
                                          "processing only)", elem_id="img2img_batch_inpaint_mask_dir")
+                with gr.Accordion("PNG info", open=False, elem_id="img2img_batch_png_info"):
+                    use_png_info = gr.Checkbox(False, label="Append png info to prompts",
+                                               elem_id="img2img_batch_use_png_info")
+                    png_info_props = gr.CheckboxGroup(list(PNG_INFO_PROPS), value=[],
+                                                      label="Parameters to take from png info",
+                                                      info="Prompts from png info will be appended to prompts "
+                                                           "set in ui.", elem_id="img2img_batch_png_info_props")
+                    png_info_dir = gr.Textbox(label="PNG info directory",
+                                              placeholder="Leave empty to use input directory",
+                                              elem_id="img2img_batch_png_info_dir")
         for tab, name in ((t1, "img2img"), (t2, "sketch"), (t3, "inpaint"), (t4, "inpaint sketch"),
                           (t5, "inpaint upload"), (t6, "batch")):
             tab.select(lambda n=name: n, None, mode, queue=False)
@@ -423,7 +449,8 @@ class GenerationTab:
                 return new, gr.Tabs(selected=there), there.replace("_", " ")
             button.click(copy, components[here], [components[there], self.subtabs, mode], queue=False)
         self.init_inputs = [mode, plain, sketch, inpaint, inpaint_sketch, upload_image, upload_mask,
-                            batch_in, batch_out, batch_masks]
+                            batch_in, batch_out, batch_masks, batch_source, batch_files, use_png_info,
+                            png_info_props, png_info_dir]
         self.mode_state, self.plain_image, self.inpaint_editor = mode, plain, inpaint
 
     def _build_img2img_options(self) -> None:

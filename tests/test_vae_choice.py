@@ -25,8 +25,8 @@ def vae_file(engine, data_dir):
     return path
 
 
-def run(engine, vae=None):
-    o = {"sd_model_checkpoint": "tiny-sd1.safetensors"}
+def run(engine, vae=None, **settings):
+    o = {"sd_model_checkpoint": "tiny-sd1.safetensors", **settings}
     if vae:
         o["sd_vae"] = vae
     res = engine.txt2img(GenerationRequest(prompt="a red circle", steps=4, width=64, height=64, seed=3,
@@ -52,3 +52,25 @@ def test_unknown_vae_is_a_clear_error(engine, vae_file):
         engine.submit_txt2img(GenerationRequest(prompt="x", steps=2, width=64, height=64,
                                                 override_settings={"sd_vae": "nope.safetensors"}))
     assert e.value.field == "sd_vae" and "warm.safetensors" in str(e.value)
+
+
+def test_a_checkpoint_cards_preferred_vae(engine, vae_file):
+    """A1111's order: a VAE named in the setting wins while it overrides per-model preferences (the default);
+    otherwise, and for "Automatic", the checkpoint card's Preferred VAE (its user metadata "vae") is used."""
+    from webui.models import user_metadata
+
+    ckpt = engine.models.find("tiny-sd1.safetensors").filename
+    base, _ = run(engine, "None")
+    warm, _ = run(engine, "warm.safetensors")
+    try:
+        user_metadata.write(ckpt, {"vae": "warm.safetensors"})
+        auto, res = run(engine, "Automatic")
+        assert np.array_equal(auto, warm) and "VAE: warm.safetensors" in res.infotexts[0]
+        assert np.array_equal(run(engine, "None")[0], base)
+        assert np.array_equal(run(engine, "None", sd_vae_overrides_per_model_preferences=False)[0], warm)
+        user_metadata.write(ckpt, {"vae": "None"})     # the checkpoint's own VAE, even over a named setting
+        own, res = run(engine, "warm.safetensors", sd_vae_overrides_per_model_preferences=False)
+        assert np.array_equal(own, base) and "VAE:" not in res.infotexts[0]
+        assert np.array_equal(run(engine, "warm.safetensors")[0], warm)
+    finally:
+        user_metadata.metadata_file(ckpt).unlink(missing_ok=True)

@@ -30,6 +30,8 @@ def _defs() -> dict[str, Setting]:
         "sd_checkpoints_limit": s(1, "Checkpoints kept loaded (RAM cache size)", "Stable Diffusion",
                                   minimum=1, maximum=10),
         "sd_vae": s("Automatic", "SD VAE", "Stable Diffusion"),
+        "sd_vae_overrides_per_model_preferences": s(True, "Selected VAE overrides per-model preferences (a "
+                                                    "checkpoint card's Preferred VAE)", "Stable Diffusion"),
         "emphasis": s("Original", "Emphasis mode: how (word:1.2) weights apply", "Stable Diffusion",
                       choices=("Original", "No norm", "Ignore", "None")),
         "CLIP_stop_at_last_layers": s(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12),

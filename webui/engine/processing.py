@@ -344,7 +344,8 @@ class Engine:
                  save: bool, hires: HiresPlan | None = None, init: InitImages | None = None,
                  hooks: JobHooks | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
-        vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"))
+        vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"),
+                                            bool(opts.get("sd_vae_overrides_per_model_preferences", True)))
         networks = self._extra_networks(req, opts)
         others = None
         try:

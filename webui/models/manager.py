@@ -7,13 +7,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from webui.config.paths import Paths
 from webui.config.settings import Settings
 from webui.core.errors import ModelLoadError, NotFound
-from webui.models import checkpoints
+from webui.models import checkpoints, user_metadata
 from webui.models import controlnet as controlnet_lib
 from webui.models import embeddings as ti
 from webui.models import hypernetworks as hn_lib
@@ -205,16 +206,36 @@ class ModelManager:
         if choice and choice not in ("Automatic", "None") and vae_lib.find_vae(self.vaes, choice) is None:
             raise NotFound(f"unknown VAE {choice!r}; valid: {', '.join(self.vae_names())}")
 
-    def vae_for(self, model: LoadedModel, choice: str | None):
-        """(VaeInfo or None, a loaded VAE to swap in or None) for the sd_vae setting: "Automatic" takes a
-        `<checkpoint>.vae.*` file when there is one, "None" the checkpoint's own VAE, else the named file."""
-        if not choice or choice == "None":
-            return None, None
-        info = (vae_lib.vae_near_checkpoint(self.vaes, model.info.filename) if choice == "Automatic"
-                else vae_lib.find_vae(self.vaes, choice))
+    def _named_vae(self, choice: str) -> vae_lib.VaeInfo | None:
+        if choice == "None":
+            return None
+        info = vae_lib.find_vae(self.vaes, choice)
         if info is None:
-            if choice != "Automatic":
-                raise NotFound(f"unknown VAE {choice!r}; valid: {', '.join(self.vae_names())}")
+            raise NotFound(f"unknown VAE {choice!r}; valid: {', '.join(self.vae_names())}")
+        return info
+
+    def resolve_vae(self, checkpoint: Path, choice: str | None, overrides: bool = True) -> vae_lib.VaeInfo | None:
+        """The VAE file a checkpoint runs with (None: its own VAE), in A1111's order: the sd_vae setting when it
+        names one and overrides per-model preferences (setting sd_vae_overrides_per_model_preferences); then the
+        checkpoint card's "Preferred VAE" (user metadata "vae"); then a `<checkpoint>.vae.*` file; then the
+        setting. An empty choice is "None"."""
+        choice = choice or "None"
+        if overrides and choice != "Automatic":
+            return self._named_vae(choice)
+        preferred = str(user_metadata.read(checkpoint).get("vae") or "Automatic")
+        if preferred == "None":
+            return None
+        if preferred != "Automatic" and (found := vae_lib.find_vae(self.vaes, preferred)) is not None:
+            return found
+        near = vae_lib.vae_near_checkpoint(self.vaes, checkpoint)
+        if near is not None or choice == "Automatic":
+            return near
+        return self._named_vae(choice)
+
+    def vae_for(self, model: LoadedModel, choice: str | None, overrides: bool = True):
+        """(VaeInfo or None, a loaded VAE to swap in or None) for the sd_vae setting (see resolve_vae)."""
+        info = self.resolve_vae(model.info.filename, choice, overrides)
+        if info is None:
             return None, None
         key = (str(info.path), info.mtime, model.info.name)
         with self._lock:

@@ -2,8 +2,8 @@
 checkpoints, searched and sorted; a click puts the card's text into the prompt (a LoRA's preferred weight and
 activation text, its negative text into the negative prompt) or takes it out when it is there already, and a
 checkpoint card picks that checkpoint. The card editor keeps a card's description, activation text, preferred
-weight, negative text, SD version and notes in the JSON file beside the model, and "Replace preview" makes the
-selected result picture the card's preview."""
+weight, negative text, SD version, notes and (a checkpoint) preferred VAE in the JSON file beside the model,
+and "Replace preview" makes the selected result picture the card's preview."""
 from __future__ import annotations
 
 import gradio as gr
@@ -77,13 +77,16 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
                 neg_text = gr.Textbox(label="Negative prompt (LoRA)", elem_id=f"{prefix}_card_negative")
                 sd_version = gr.Dropdown(list(user_metadata.SD_VERSIONS), value="Unknown", label="SD version",
                                          elem_id=f"{prefix}_card_sd_version")
-            notes = gr.Textbox(label="Notes", lines=2, elem_id=f"{prefix}_card_notes")
+            with gr.Row():
+                notes = gr.Textbox(label="Notes", lines=2, elem_id=f"{prefix}_card_notes", scale=3)
+                vae = gr.Dropdown(models.vae_names(), value="Automatic", label="Preferred VAE (checkpoint)",
+                                  elem_id=f"{prefix}_card_vae")
             with gr.Row():
                 save = gr.Button("Save", size="sm", elem_id=f"{prefix}_card_save")
                 replace = gr.Button("Replace preview (the selected result)", size="sm",
                                     elem_id=f"{prefix}_card_replace_preview", visible=results is not None)
             status = gr.HTML("", elem_id=f"{prefix}_card_status")
-    editor = [title, description, activation, weight, neg_text, sd_version, notes]
+    editor = [title, description, activation, weight, neg_text, sd_version, notes, vae]
 
     def find_card(kind: str, name: str) -> cards_lib.Card | None:
         return next((c for c in cards_lib.list_cards(models, kind) if c.name == name), None)
@@ -95,9 +98,12 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
         except (TypeError, ValueError):
             w = 0.0
         version = str(md.get("sd version") or "Unknown")
+        choices = models.vae_names()
+        preferred = str(md.get("vae") or "Automatic")
         return [f"**{card.name}** ({card.kind}, `{card.rel}`)", card.description, str(md.get("activation text") or ""),
                 w, str(md.get("negative text") or ""),
-                version if version in user_metadata.SD_VERSIONS else "Unknown", str(md.get("notes") or "")]
+                version if version in user_metadata.SD_VERSIONS else "Unknown", str(md.get("notes") or ""),
+                gr.update(choices=choices, value=preferred if preferred in choices else "Automatic")]
 
     def picked(kind: str):
         def pick(shown_names, prompt_text, negative_text, evt: gr.SelectData):
@@ -142,7 +148,7 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
 
     refresh.click(do_refresh, [search, order, descending], lists)
 
-    def do_save(card_key, desc, act, w, neg, version, note, search_text, order_field, sort_desc):
+    def do_save(card_key, desc, act, w, neg, version, note, preferred_vae, search_text, order_field, sort_desc):
         if not card_key:
             return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
         card = find_card(*card_key)
@@ -152,6 +158,8 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
         data = {"description": desc or "", "sd version": version or "Unknown", "notes": note or ""}
         if card.kind == "lora":
             data.update({"activation text": act or "", "preferred weight": float(w or 0), "negative text": neg or ""})
+        if card.kind == "checkpoint":
+            data["vae"] = preferred_vae or "Automatic"
         try:
             target = user_metadata.write(card.path, data)
         except OSError as err:

@@ -10,6 +10,7 @@ import pytest
 from output_files import newest_new_png, pngs
 from page_helpers import pick_checkpoint
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -200,8 +201,17 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     assert page.locator("#txt2img_card_activation textarea, #txt2img_card_activation input").first.input_value() \
         == "cardword"
     weight = page.locator("#txt2img_card_weight input[type=number]")
-    weight.fill("0.4")
-    weight.press("Enter")
+    # the slider takes the typed number a moment later (a Save before that would send the old weight), and a number
+    # typed while the freshly opened editor is still drawing can be lost: type it again until the slider has it
+    for _ in range(5):
+        weight.fill("0.4")
+        weight.press("Enter")
+        try:
+            page.wait_for_function(
+                "() => document.querySelector('#txt2img_card_weight input[type=range]').value === '0.4'", timeout=3000)
+            break
+        except PlaywrightTimeoutError:
+            pass
     page.click("#txt2img_card_save")
     page.wait_for_function("() => document.querySelector('#txt2img_card_status').innerText.includes('cardtest.json')")
     saved = json.loads((lora_dir / "cardtest.json").read_text())

@@ -92,3 +92,28 @@ def test_search_and_order(tmp_path):
     with pytest.raises(ValueError, match="valid: Path, Name"):
         cards.select(found, order="Size")
     assert found[1].metadata["activation text"] == "wtrcolor"
+
+
+def test_lora_page_shows_the_loaded_models_sd_version_unless_show_all(tmp_path):
+    """A1111's Lora page: the version from the trainer's metadata (sdxl_*, ss_v2, any other metadata: SD1; none:
+    Unknown, always shown), a card's "sd version" overriding it; lora_show_all shows every LoRA."""
+    from types import SimpleNamespace
+
+    from webui.models.lora import LoraInfo, sd_version
+
+    def lora(name, **metadata):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(b"x")
+        return LoraInfo(name, path, path.name, name, metadata)
+
+    loras = [lora("xl", ss_base_model_version="sdxl_base_v1-0"), lora("v2", ss_v2="True"),
+             lora("v1", ss_base_model_version="sd_v1"), lora("bare"), lora("marked", ss_v2="True")]
+    assert [sd_version(i) for i in loras] == ["SDXL", "SD2", "SD1", "Unknown", "SD2"]
+    user_metadata.write(loras[-1].path, {"sd version": "SDXL"})        # the card says otherwise
+    models = SimpleNamespace(loras=loras, current=SimpleNamespace(family="sdxl"))
+    assert [c.name for c in cards.list_cards(models, "lora", show_all=False)] == ["xl", "bare", "marked"]
+    models.current = SimpleNamespace(family="sd1")
+    assert [c.name for c in cards.list_cards(models, "lora", show_all=False)] == ["v1", "bare"]
+    assert len(cards.list_cards(models, "lora", show_all=True)) == 5
+    models.current = None                                              # nothing loaded yet: all
+    assert len(cards.list_cards(models, "lora", show_all=False)) == 5

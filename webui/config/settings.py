@@ -121,6 +121,8 @@ def _defs() -> dict[str, Setting]:
         "extra_networks_default_multiplier": s(1.0, "Default multiplier for extra networks (a card's tag; a "
                                                     "<lora:name> tag without a weight)", "Extra Networks",
                                                     minimum=0.0, maximum=2.0),
+        "lora_show_all": s(False, "Always show all networks on the Lora page (else those of the loaded model's SD "
+                                  "version and of unknown version)", "Extra Networks"),
         "extra_networks_add_text_separator": s(" ", "Extra networks separator: the text put between the prompt and "
                                                     "a card's text", "Extra Networks"),
         "extra_networks_card_order_field": s("Path", "Default order field for Extra Networks cards",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webui.models import lora as lora_lib
 from webui.models import user_metadata
 
 KINDS = ("lora", "hypernetwork", "embedding", "checkpoint")
@@ -44,10 +45,25 @@ def make_card(kind: str, name: str, path: Path | None, rel: str = "") -> Card:
                 created, modified)
 
 
-def list_cards(models, kind: str) -> list[Card]:
-    """The cards of one kind from the model manager's current lists (embeddings: those the loaded model takes)."""
+# the loaded checkpoint's family as the LoRA page names SD versions
+_FAMILY_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def list_cards(models, kind: str, show_all: bool = True) -> list[Card]:
+    """The cards of one kind from the model manager's current lists (embeddings: those the loaded model takes).
+    LoRAs: without ``show_all`` (A1111's setting lora_show_all off) only those of the loaded checkpoint's SD version
+    (the card's "sd version" if set, else the trainer's metadata) and those of unknown version."""
     if kind == "lora":
-        return [make_card(kind, i.name, i.path, i.rel) for i in models.loras]
+        current = models.current
+        wanted = None if show_all or current is None else _FAMILY_VERSIONS.get(current.family)
+        out = []
+        for i in models.loras:
+            card = make_card(kind, i.name, i.path, i.rel)
+            version = str(card.metadata.get("sd version") or "Unknown")
+            version = version if version != "Unknown" else lora_lib.sd_version(i)
+            if wanted is None or version in ("Unknown", wanted):
+                out.append(card)
+        return out
     if kind == "hypernetwork":
         return [make_card(kind, i.name, i.path) for i in models.hypernetworks]
     if kind == "embedding":

@@ -158,6 +158,17 @@ def scan_loras(folder: Path, previous: Sequence[LoraInfo] = ()) -> list[LoraInfo
     return found
 
 
+def sd_version(info: LoraInfo) -> str:
+    """A LoRA's SD version as A1111 reads it from the trainer's metadata: "SDXL" (ss_base_model_version sdxl_*),
+    "SD2" (ss_v2), "SD1" (other metadata) or "Unknown" (none)."""
+    md = info.metadata
+    if str(md.get("ss_base_model_version") or "").startswith("sdxl_"):
+        return "SDXL"
+    if str(md.get("ss_v2")).lower() == "true":
+        return "SD2"
+    return "SD1" if md else "Unknown"
+
+
 def find_lora(loras: Sequence[LoraInfo], name: str) -> LoraInfo | None:
     """The LoRA a prompt tag names: by file stem, then by alias (unless several files share it), then by
     relative path (with or without suffix); exact matches before case-insensitive ones. None when unknown."""

@@ -39,7 +39,8 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
     blank = _no_preview()
 
     def shown_cards(kind: str, search: str, order: str, descending: bool) -> list[cards_lib.Card]:
-        return cards_lib.select(cards_lib.list_cards(models, kind), search, order, bool(descending))
+        show_all = bool(engine.settings.get("lora_show_all", False))
+        return cards_lib.select(cards_lib.list_cards(models, kind, show_all), search, order, bool(descending))
 
     def multiplier() -> float:
         return float(engine.settings.get("extra_networks_default_multiplier", 1.0))

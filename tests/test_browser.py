@@ -232,6 +232,7 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     page.wait_for_function("() => document.querySelector('#txt2img_card_status').innerText.includes('cardtest.png')")
     with Image.open(lora_dir / "cardtest.png") as a, Image.open(result) as b:
         assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+        assert a.info["parameters"] == b.info["parameters"]           # the picture's infotext comes along
         result_width = b.size[0]
     search.fill("")
     search.press("Enter")

@@ -34,9 +34,9 @@ def test_preview_description_and_metadata_beside_the_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []      # no temp file left
     (tmp_path / "broken.json").write_text("[1, 2")
     assert user_metadata.read(tmp_path / "broken.safetensors") == {}
-    user_metadata.save_preview(model, Image.new("RGB", (8, 8), (0, 200, 0)))
+    user_metadata.save_preview(model, Image.new("RGB", (8, 8), (0, 200, 0)), "a cat\nSteps: 4, Seed: 1")
     with Image.open(tmp_path / "style_v1.0.png") as im:
-        assert im.getpixel((4, 4)) == (0, 200, 0)
+        assert im.getpixel((4, 4)) == (0, 200, 0) and im.info["parameters"] == "a cat\nSteps: 4, Seed: 1"
 
 
 def test_card_texts():

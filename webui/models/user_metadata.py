@@ -72,10 +72,15 @@ def write(path: Path, data: dict) -> Path:
     return target
 
 
-def save_preview(path: Path, image: Image.Image) -> Path:
+def save_preview(path: Path, image: Image.Image, infotext: str | None = None) -> Path:
     """Make ``image`` the card's preview (A1111's "Replace preview"): written as ``name.png``, which is the first
-    place a preview is looked for."""
+    place a preview is looked for, keeping the picture's infotext as A1111 does."""
+    from PIL import PngImagePlugin
+
     target = Path(f"{base_of(path)}.png")
     picture = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
-    _write_atomic(target, lambda f: picture.save(f, format="PNG"))
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    _write_atomic(target, lambda f: picture.save(f, format="PNG", pnginfo=info))
     return target

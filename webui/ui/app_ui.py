@@ -91,12 +91,12 @@ def build_ui(engine: Engine, scripts: ScriptRunner | None = None,
                 t2i = GenerationTab(engine, "txt2img", scripts)
                 t2i.build()
                 extra_networks.build(engine, t2i.fields["prompt"], t2i.fields["negative_prompt"], ckpt, "txt2img",
-                                     t2i.gallery, t2i.selected)
+                                     t2i.gallery, t2i.selected, t2i.infotexts)
             with gr.Tab("img2img", id="tab_img2img", elem_id="tab_img2img"):
                 i2i = GenerationTab(engine, "img2img", scripts)
                 i2i.build()
                 extra_networks.build(engine, i2i.fields["prompt"], i2i.fields["negative_prompt"], ckpt, "img2img",
-                                     i2i.gallery, i2i.selected)
+                                     i2i.gallery, i2i.selected, i2i.infotexts)
             wire_send_to(t2i, i2i, tabs)
             wire_send_to(i2i, i2i, tabs)
             from webui.ui import extras_tab, upscale_tab

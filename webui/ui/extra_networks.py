@@ -32,9 +32,11 @@ def _gallery_value(shown: list[cards_lib.Card], blank: Image.Image) -> list:
 
 
 def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, checkpoint, prefix: str,
-          results: gr.Gallery | None = None, selected: gr.State | None = None) -> None:
-    """``checkpoint``: the page's CheckpointBar (a card click picks that checkpoint), or None; ``results`` and
-    ``selected``: the tab's result gallery and its selected index, for "Replace preview"."""
+          results: gr.Gallery | None = None, selected: gr.State | None = None,
+          infotexts: gr.State | None = None) -> None:
+    """``checkpoint``: the page's CheckpointBar (a card click picks that checkpoint), or None; ``results``,
+    ``selected`` and ``infotexts``: the tab's result gallery, its selected index and the pictures' infotexts, for
+    "Replace preview"."""
     models = engine.models
     blank = _no_preview()
 
@@ -170,23 +172,29 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
 
     save.click(do_save, [current, *editor[1:], search, order, descending], [status, *lists])
 
-    if results is not None and selected is not None:
-        from webui.ui.generation_tab import selected_image
+    if results is not None and selected is not None and infotexts is not None:
+        from webui.ui.generation_tab import gallery_images
 
-        def do_replace(card_key, gallery_value, index, search_text, order_field, sort_desc):
+        def do_replace(card_key, gallery_value, index, texts, search_text, order_field, sort_desc):
             if not card_key:
                 return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
             card = find_card(*card_key)
-            picture = selected_image(gallery_value, index)
+            pictures = gallery_images(gallery_value)
+            # as A1111: the selected picture, the first when none is selected
+            k = min(max(int(index or 0), 0), len(pictures) - 1)
+            picture = pictures[k] if pictures else None
+            texts = list(texts or [])
             if card is None or card.path is None:
                 message = error_html(f"{card_key[1]} is no longer there (press Refresh)")
             elif picture is None:
                 message = error_html("there is no picture in the results to use as the preview")
             else:
                 try:
-                    message = info_html(f"Saved {user_metadata.save_preview(card.path, picture).name}")
+                    saved = user_metadata.save_preview(card.path, picture, texts[k] if k < len(texts) else None)
+                    message = info_html(f"Saved {saved.name}")
                 except (OSError, StudioError) as err:
                     message = error_html(f"could not save the preview: {err}")
             return [message, *redraw(search_text, order_field, sort_desc)]
 
-        replace.click(do_replace, [current, results, selected, search, order, descending], [status, *lists])
+        replace.click(do_replace, [current, results, selected, infotexts, search, order, descending],
+                      [status, *lists])

@@ -153,6 +153,13 @@ def test_listings(server):
     samplers = httpx.get(server + "/sdapi/v1/samplers").json()
     names = [s["name"] for s in samplers]
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LMS", "Heun"} <= set(names)
+    options = {s["name"]: s["options"] for s in samplers}      # A1111 1.10's flags
+    assert options["Euler"] == {} and options["Euler a"] == {"uses_ensd": True}
+    assert options["DPM++ 2M"] == {"scheduler": "karras"}
+    assert options["DPM2 a"] == {"scheduler": "karras", "uses_ensd": True, "discard_next_to_last_sigma": True,
+                                 "second_order": True}
+    assert options["DPM++ 2M SDE Heun"] == {"scheduler": "exponential", "brownian_noise": True,
+                                            "solver_type": "heun"}
     schedules = httpx.get(server + "/sdapi/v1/schedulers").json()
     assert [s["label"] for s in schedules][:3] == ["Automatic", "Uniform", "Karras"]
     assert [s["default_rho"] for s in schedules][:3] == [-1, -1, 7.0]

@@ -240,9 +240,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any], scripts: ScriptRunne
         out = []
         for s in core_samplers.SAMPLERS:
             if s.name in engine_samplers.available():
-                out.append({"name": s.name, "aliases": list(s.aliases),
-                            "options": {"scheduler": s.default_schedule} if s.default_schedule != "automatic"
-                            else {}})
+                out.append({"name": s.name, "aliases": list(s.aliases), "options": s.api_options()})
         return out
 
     @r.get("/schedulers")

@@ -154,6 +154,36 @@ class EulerAncestralEtaScheduler(PlannedScheduler):
         return x
 
 
+class DPM2AncestralEtaScheduler(PlannedScheduler):
+    """DPM2 a with an eta other than 1 (diffusers' has none, so the studio uses this one only then): a second-order
+    step down to sigma_down through a midpoint halfway in log sigma, then fresh noise of sigma_up. As A1111's DPM2
+    samplers, the schedule is made for one step more and drops its next-to-last sigma."""
+
+    ancestral = True
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      **kwargs) -> None:
+        EulerDiscreteScheduler.set_timesteps(self, (num_inference_steps or 1) + 1, device=device, **kwargs)
+        sigmas = [float(s) for s in self.sigmas]
+        self._base = sigmas[:-2] + sigmas[-1:]
+        self._plan(self._base, self.timesteps.device)
+
+    def method(self, x: torch.Tensor, sigmas: list[float], noise: Noise) -> Method:
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x, denoised = yield x, sigma
+            down, up = ancestral_step(sigma, sigma_next, self.eta)
+            d = (x - denoised) / sigma
+            if down == 0:
+                x = x + d * (down - sigma)
+            else:
+                mid = math.exp(0.5 * (math.log(sigma) + math.log(down)))
+                x_mid, denoised_mid = yield x + d * (mid - sigma), mid
+                x = x + (x_mid - denoised_mid) / mid * (down - sigma)
+            if sigma_next > 0 and up > 0:
+                x = x + noise(x) * (self.s_noise * up)
+        return x
+
+
 class DPMFastScheduler(PlannedScheduler):
     """DPM fast: DPM-Solver (Lu et al. 2022) with as many model evaluations as steps, on steps uniform in log sigma
     from the highest noise level to the lowest (orders 3, 3, ..., then 2 and 1 to use the rest), with ancestral

@@ -23,6 +23,7 @@ from webui.core import samplers
 from webui.core.errors import InvalidField
 from webui.engine.k_samplers import (
     DDIMCFGPlusPlusScheduler,
+    DPM2AncestralEtaScheduler,
     DPMFastScheduler,
     DPMPP2SAncestralScheduler,
     EulerAncestralEtaScheduler,
@@ -82,6 +83,8 @@ def make_scheduler(sampler: str, schedule: str, base_config: dict, opts: dict | 
     job_eta = float(eta if eta is not None else (opts or {}).get("eta_ancestral", 1.0))
     if sampler == "Euler a" and job_eta != 1.0:
         cls = EulerAncestralEtaScheduler   # diffusers' Euler a has no eta
+    if sampler == "DPM2 a" and job_eta != 1.0:
+        cls = DPM2AncestralEtaScheduler    # nor has its DPM2 a
     schedule = effective_schedule(sampler, schedule)
     kwargs = dict(extra)
     kwargs.update(_SCHEDULE_KWARGS.get(schedule, {}))

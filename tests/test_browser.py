@@ -165,6 +165,7 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
     lora_dir = data_dir / "models" / "Lora"
     make_kohya_lora(lora_dir / "cardtest.safetensors", pipe, rank=2, seed=3)
     make_kohya_lora(lora_dir / "plaincard.safetensors", pipe, rank=2, seed=4)
+    make_kohya_lora(lora_dir / "styles" / "subcard.safetensors", pipe, rank=2, seed=5)
     Image.new("RGB", (40, 50), (220, 20, 20)).save(lora_dir / "cardtest.preview.png")
     (lora_dir / "cardtest.json").write_text(json.dumps({"activation text": "cardword", "preferred weight": 0.7,
                                                         "negative text": "ugly", "modelId": 77}))
@@ -185,6 +186,14 @@ def test_extra_networks_cards_insert_tags(page, data_dir, server):
         page.wait_for_function("(im) => im.complete && im.naturalWidth > 0", arg=img.element_handle())
         widths[name] = img.evaluate("(im) => im.naturalWidth")
     assert widths == {"cardtest": 40, "plaincard": 192}
+    # the Folder choice shows the cards of a sub-folder (A1111's folder buttons)
+    page.locator("#txt2img_extra_folder input").click()
+    page.get_by_role("option", name="styles", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_lora_cards .thumbnail-item').length === 1")
+    assert "subcard" in page.locator("#txt2img_lora_cards").inner_text()
+    page.locator("#txt2img_extra_folder input").click()
+    page.get_by_role("option", name="All", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_lora_cards .thumbnail-item').length >= 3")
     search = page.locator("#txt2img_extra_search textarea, #txt2img_extra_search input").first
     search.fill("cardword")
     search.press("Enter")

@@ -89,6 +89,10 @@ def test_search_and_order(tmp_path):
     assert [c.name for c in cards.select(found, "favourite")] == ["mid"]                    # notes
     assert [c.name for c in cards.select(found, "b/ alpha")] == ["alpha"]                   # every word
     assert cards.select(found, "nothing") == []
+    assert cards.folders(found + [cards.make_card("lora", "deep", None, "a/x/deep.safetensors")]) == ["a", "a/x", "b",
+                                                                                                      "c"]
+    assert [c.name for c in cards.select(found, folder="b")] == ["alpha"]
+    assert cards.select(found, folder="a/x") == []
     with pytest.raises(ValueError, match="valid: Path, Name"):
         cards.select(found, order="Size")
     assert found[1].metadata["activation text"] == "wtrcolor"

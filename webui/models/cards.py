@@ -74,11 +74,22 @@ def list_cards(models, kind: str, show_all: bool = True) -> list[Card]:
     raise ValueError(f"unknown card kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def select(cards: list[Card], search: str = "", order: str = "Path", descending: bool = False) -> list[Card]:
-    """The cards whose name, path, description, activation text or notes hold every word of ``search``, sorted by
-    ``order`` (one of SORT_FIELDS)."""
+def folders(cards: list[Card]) -> list[str]:
+    """The sub-folders the cards' files lie in (and their parents), as A1111's folder buttons list them."""
+    found = set()
+    for c in cards:
+        parts = c.rel.split("/")[:-1]
+        found.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return sorted(found, key=str.lower)
+
+
+def select(cards: list[Card], search: str = "", order: str = "Path", descending: bool = False,
+           folder: str = "") -> list[Card]:
+    """The cards whose name, path, description, activation text or notes hold every word of ``search`` (and, with
+    ``folder``, whose file lies in that sub-folder or below), sorted by ``order`` (one of SORT_FIELDS)."""
     words = (search or "").lower().split()
-    kept = [c for c in cards if all(w in c.search_text for w in words)]
+    kept = [c for c in cards if all(w in c.search_text for w in words)
+            and (not folder or c.rel.startswith(folder.rstrip("/") + "/"))]
     key = {"Path": lambda c: c.rel.lower(), "Name": lambda c: c.name.lower(),
            "Date Created": lambda c: c.created, "Date Modified": lambda c: c.modified}.get(order)
     if key is None:

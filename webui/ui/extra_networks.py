@@ -40,9 +40,15 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
     models = engine.models
     blank = _no_preview()
 
-    def shown_cards(kind: str, search: str, order: str, descending: bool) -> list[cards_lib.Card]:
+    def shown_cards(kind: str, search: str, order: str, descending: bool, folder: str = "All"
+                    ) -> list[cards_lib.Card]:
         show_all = bool(engine.settings.get("lora_show_all", False))
-        return cards_lib.select(cards_lib.list_cards(models, kind, show_all), search, order, bool(descending))
+        return cards_lib.select(cards_lib.list_cards(models, kind, show_all), search, order, bool(descending),
+                                "" if folder in (None, "All") else folder)
+
+    def folder_choices() -> list[str]:
+        every = [c for kind, _ in TABS for c in cards_lib.list_cards(models, kind)]
+        return ["All", *cards_lib.folders(every)]
 
     def multiplier() -> float:
         return float(engine.settings.get("extra_networks_default_multiplier", 1.0))
@@ -59,6 +65,7 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
                 "extra_networks_card_order_field", "Path")), label="Sort by", elem_id=f"{prefix}_extra_sort")
             descending = gr.Checkbox(engine.settings.get("extra_networks_card_order", "Ascending") == "Descending",
                                      label="Descending", elem_id=f"{prefix}_extra_descending")
+            folder = gr.Dropdown(folder_choices(), value="All", label="Folder", elem_id=f"{prefix}_extra_folder")
             refresh = gr.Button("Refresh", size="sm", elem_id=f"{prefix}_extra_refresh", scale=0)
         with gr.Tabs():
             for kind, label in TABS:
@@ -131,33 +138,37 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
         if kind == "checkpoint" and checkpoint is not None:
             event.then(checkpoint.choose, checkpoint.dropdown, checkpoint.status)
 
-    def redraw(search_text, order_field, desc):
+    def redraw(search_text, order_field, desc, folder_name="All"):
         out = []
         for kind, _ in TABS:
-            shown = shown_cards(kind, search_text, order_field, desc)
+            shown = shown_cards(kind, search_text, order_field, desc, folder_name)
             out += [_gallery_value(shown, blank), [c.name for c in shown]]
         return out
 
     lists = [x for kind, _ in TABS for x in (galleries[kind], names[kind])]
-    for trigger in (search.submit, order.input, descending.input):
-        trigger(redraw, [search, order, descending], lists, queue=False)
+    for trigger in (search.submit, order.input, descending.input, folder.input):
+        trigger(redraw, [search, order, descending, folder], lists, queue=False)
 
-    def do_refresh(search_text, order_field, desc):
+    def do_refresh(search_text, order_field, desc, folder_name):
         models.refresh_loras()
         models.refresh_hypernetworks()
         models.refresh_embeddings()
         models.refresh()
-        return redraw(search_text, order_field, desc)
+        choices = folder_choices()
+        folder_name = folder_name if folder_name in choices else "All"
+        return [gr.update(choices=choices, value=folder_name),
+                *redraw(search_text, order_field, desc, folder_name)]
 
-    refresh.click(do_refresh, [search, order, descending], lists)
+    refresh.click(do_refresh, [search, order, descending, folder], [folder, *lists])
 
-    def do_save(card_key, desc, act, w, neg, version, note, preferred_vae, search_text, order_field, sort_desc):
+    def do_save(card_key, desc, act, w, neg, version, note, preferred_vae, search_text, order_field, sort_desc,
+                folder_name):
         if not card_key:
-            return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
+            return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc, folder_name)]
         card = find_card(*card_key)
         if card is None or card.path is None:
             return [error_html(f"{card_key[1]} is no longer there (press Refresh)"),
-                    *redraw(search_text, order_field, sort_desc)]
+                    *redraw(search_text, order_field, sort_desc, folder_name)]
         data = {"description": desc or "", "sd version": version or "Unknown", "notes": note or ""}
         if card.kind == "lora":
             data.update({"activation text": act or "", "preferred weight": float(w or 0), "negative text": neg or ""})
@@ -167,17 +178,17 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
             target = user_metadata.write(card.path, data)
         except OSError as err:
             return [error_html(f"could not save {card.name}'s metadata: {err}"),
-                    *redraw(search_text, order_field, sort_desc)]
-        return [info_html(f"Saved {target.name}"), *redraw(search_text, order_field, sort_desc)]
+                    *redraw(search_text, order_field, sort_desc, folder_name)]
+        return [info_html(f"Saved {target.name}"), *redraw(search_text, order_field, sort_desc, folder_name)]
 
-    save.click(do_save, [current, *editor[1:], search, order, descending], [status, *lists])
+    save.click(do_save, [current, *editor[1:], search, order, descending, folder], [status, *lists])
 
     if results is not None and selected is not None and infotexts is not None:
         from webui.ui.generation_tab import gallery_images
 
-        def do_replace(card_key, gallery_value, index, texts, search_text, order_field, sort_desc):
+        def do_replace(card_key, gallery_value, index, texts, search_text, order_field, sort_desc, folder_name):
             if not card_key:
-                return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc)]
+                return [error_html("click a card first"), *redraw(search_text, order_field, sort_desc, folder_name)]
             card = find_card(*card_key)
             pictures = gallery_images(gallery_value)
             # as A1111: the selected picture, the first when none is selected
@@ -194,7 +205,7 @@ def build(engine: Engine, prompt: gr.Textbox, negative: gr.Textbox | None, check
                     message = info_html(f"Saved {saved.name}")
                 except (OSError, StudioError) as err:
                     message = error_html(f"could not save the preview: {err}")
-            return [message, *redraw(search_text, order_field, sort_desc)]
+            return [message, *redraw(search_text, order_field, sort_desc, folder_name)]
 
-        replace.click(do_replace, [current, results, selected, infotexts, search, order, descending],
+        replace.click(do_replace, [current, results, selected, infotexts, search, order, descending, folder],
                       [status, *lists])

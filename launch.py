@@ -163,7 +163,7 @@ def main() -> None:
     python = Path(sys.executable) if "--skip-install" in argv else prepare()
     preload = tcmalloc_env(dict(os.environ))
     if preload is not None:
-        print(f"Using TCMalloc: {tcmalloc_library()}", flush=True)
+        print(f"Using TCMalloc: {preload['LD_PRELOAD'].split()[-1]}", flush=True)
     if preload is not None or python.absolute() != Path(sys.executable).absolute():
         # LD_PRELOAD only acts on a process's start, so the studio (and the tests it spawns) start again with it
         os.execve(str(python), [str(python), str(ROOT / "launch.py"), *argv], preload or dict(os.environ))

@@ -26,6 +26,7 @@ from webui.core.errors import InvalidField, StudioError
 from webui.core.infotext import parse_infotext
 from webui.core.request import Img2ImgRequest, resolve_seed
 from webui.engine import saving
+from webui.engine.images import scaled_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 SHOW_LIMIT = 32   # images kept for the gallery (A1111's img2img_batch_show_results_limit); all are written
@@ -191,8 +192,8 @@ def run_batch(engine, job, req: Img2ImgRequest, folders: BatchFolders) -> BatchR
             image = open_image(path)
             this_req = item_req
             if folders.scale_by is not None:
-                w, h = int(image.width * folders.scale_by), int(image.height * folders.scale_by)
-                this_req = dataclasses.replace(this_req, width=max(8, w - w % 8), height=max(8, h - h % 8))
+                w, h = scaled_size(image, folders.scale_by)
+                this_req = dataclasses.replace(this_req, width=w, height=h)
             if folders.use_png_info:
                 source = folders.png_info_dir / path.name if folders.png_info_dir is not None else image
                 try:

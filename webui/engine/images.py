@@ -12,6 +12,12 @@ from PIL import Image, UnidentifiedImageError
 from webui.core.errors import InvalidField
 
 
+def scaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
+    """img2img's "Resize by": the input image's size times ``scale``, down to multiples of 8 (as A1111)."""
+    w, h = int(image.width * float(scale)), int(image.height * float(scale))
+    return max(8, w - w % 8), max(8, h - h % 8)
+
+
 def resize_image(mode: int, im: Image.Image, width: int, height: int) -> Image.Image:
     """0 just resize (stretch), 1 crop and resize (fill the box, crop the overflow, centred), 2 resize and fill
     (fit inside, fill the bands with the stretched edge rows/columns), 3 as 0 (the latent upscale happens later)."""

@@ -344,8 +344,7 @@ class Engine:
                  save: bool, hires: HiresPlan | None = None, init: InitImages | None = None,
                  hooks: JobHooks | None = None) -> GenerationResult:
         model = self.models.get(opts.get("sd_model_checkpoint") or None)
-        vae_info, vae = self.models.vae_for(model, opts.get("sd_vae"),
-                                            bool(opts.get("sd_vae_overrides_per_model_preferences", True)))
+        vae_info, vae = self.models.vae_for(model, opts)
         networks = self._extra_networks(req, opts)
         others = None
         try:

@@ -89,8 +89,7 @@ class OtherModels:
         if info.name not in self.loaded:
             model = self.engine.models.get(info.name, keep=self._keep())
             check_compatible(self.base, model, field)
-            _, vae = self.engine.models.vae_for(model, self.opts.get("sd_vae"),
-                                                bool(self.opts.get("sd_vae_overrides_per_model_preferences", True)))
+            _, vae = self.engine.models.vae_for(model, self.opts)
             self.engine.enter_model(self.stack, model, vae, self.networks, self.req)
             embeddings, _ = self.engine.models.embeddings(model)
             encoder = PromptEncoder(model.pipe, model.family, int(self.opts.get("CLIP_stop_at_last_layers", 1)),

@@ -237,15 +237,15 @@ def inspect_file(path: Path) -> tuple[str | None, str | None]:
 def scan(folders: tuple[Path, ...], previous: list[ControlNetInfo] | None = None) -> list[ControlNetInfo]:
     """Every ControlNet file and diffusers folder under the folders (sub-folders too, not annotators/); files that
     are not usable ControlNets are listed with the reason. A name found in an earlier folder hides a later one's."""
+    known = {(str(i.path), i.mtime): i for i in previous or []}
     found: dict[str, ControlNetInfo] = {}
     for folder in folders:
-        for info in _scan_folder(folder, previous):
+        for info in _scan_folder(folder, known):
             found.setdefault(info.name, info)
     return sorted(found.values(), key=lambda i: i.name.lower())
 
 
-def _scan_folder(folder: Path, previous: list[ControlNetInfo] | None) -> list[ControlNetInfo]:
-    known = {(str(i.path), i.mtime): i for i in previous or []}
+def _scan_folder(folder: Path, known: dict[tuple[str, float], ControlNetInfo]) -> list[ControlNetInfo]:
     found: list[ControlNetInfo] = []
     if not folder.is_dir():
         return found

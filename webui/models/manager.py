@@ -232,9 +232,11 @@ class ModelManager:
             return near
         return self._named_vae(choice)
 
-    def vae_for(self, model: LoadedModel, choice: str | None, overrides: bool = True):
-        """(VaeInfo or None, a loaded VAE to swap in or None) for the sd_vae setting (see resolve_vae)."""
-        info = self.resolve_vae(model.info.filename, choice, overrides)
+    def vae_for(self, model: LoadedModel, opts: dict):
+        """(VaeInfo or None, a loaded VAE to swap in or None) for a job's settings sd_vae and
+        sd_vae_overrides_per_model_preferences (see resolve_vae)."""
+        info = self.resolve_vae(model.info.filename, opts.get("sd_vae"),
+                                bool(opts.get("sd_vae_overrides_per_model_preferences", True)))
         if info is None:
             return None, None
         key = (str(info.path), info.mtime, model.info.name)

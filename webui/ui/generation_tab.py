@@ -15,6 +15,7 @@ from webui.engine import samplers as engine_samplers
 from webui.engine.batch import PNG_INFO_PROPS, BatchResult
 from webui.engine.exports import save_gallery
 from webui.engine.hires import hires_upscalers
+from webui.engine.images import scaled_size
 from webui.engine.processing import Engine
 from webui.extensions.runner import ScriptRunner
 from webui.ui import styles_ui
@@ -534,12 +535,6 @@ def _extra_fields(kw: dict) -> dict:
         **{k: None if kw[k] in (None, "", same) else kw[k] for k, same in USE_SAME.items()},
         "hr_prompt": kw["hr_prompt"] or "", "hr_negative_prompt": kw["hr_negative_prompt"] or "",
     }
-
-
-def scaled_size(image, scale) -> tuple[int, int]:
-    """img2img's "Resize by": the input image's size times ``scale``, down to multiples of 8 (as A1111)."""
-    w, h = int(image.width * float(scale)), int(image.height * float(scale))
-    return max(8, w - w % 8), max(8, h - h % 8)
 
 
 COPY_TARGETS = {"img2img": "img2img", "sketch": "sketch", "inpaint": "inpaint", "inpaint_sketch": "inpaint sketch"}

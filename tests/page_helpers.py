@@ -5,6 +5,13 @@ import time
 from urllib.parse import urlsplit
 
 
+def set_number(page, elem_id: str, value) -> None:
+    """Type ``value`` into the number box of the component ``elem_id`` and commit it (Enter)."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
 def pick_checkpoint(page, name: str, timeout: float = 120.0) -> None:
     """Choose ``name`` in the checkpoint dropdown at the top of the page, check the dropdown shows it (a list
     redrawn while open could take the click elsewhere: then choose again) and wait until the server has switched

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from output_files import newest_new_png, pngs
-from page_helpers import pick_checkpoint
+from page_helpers import pick_checkpoint, set_number
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -39,12 +39,6 @@ def page(browser, server):
     pg.wait_for_selector("#txt2img_prompt textarea")
     yield pg
     pg.close()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def generate(page, data_dir, prompt: str):

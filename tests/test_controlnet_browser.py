@@ -95,7 +95,7 @@ def test_control_type_canny_sets_up_the_unit_and_the_shape_follows_the_map(serve
     the repository's models/ControlNet beside the data dir's); the picture generated with that unit puts the shape
     where the uploaded picture has it and traces its edges. "Depth" (no depth estimator here) offers only "none"."""
     from output_files import newest_new_png, pngs
-    from page_helpers import pick_checkpoint
+    from page_helpers import pick_checkpoint, set_number
     from playwright.sync_api import sync_playwright
     from test_controlnet_bundled import CHECKPOINT, CONTROLNET, control_case
 
@@ -122,9 +122,7 @@ def test_control_type_canny_sets_up_the_unit_and_the_shape_follows_the_map(serve
         page.locator(f"{u}_pixel_perfect input[type=checkbox]").check()
         for eid, v in (("txt2img_steps", 20), ("txt2img_width", 128), ("txt2img_height", 128),
                        ("txt2img_seed", 900), ("txt2img_cfg_scale", 7)):
-            box = page.locator(f"#{eid} input[type=number]").first
-            box.fill(str(v))
-            box.press("Enter")
+            set_number(page, eid, v)
         page.locator("#txt2img_prompt textarea").fill(prompt)
         folder = data_dir / "outputs" / "txt2img-images"
         before = pngs(folder)

@@ -36,10 +36,11 @@ def pasted(text: str) -> dict:
     return fields_from_infotext(parse_infotext(text))
 
 
-def gaussian_run(sampler: str, steps: int, eta: float, start, karras: bool = True, seed: int = 0):
-    """Sample the Gaussian with the scheduler as the engine drives it. ``start(sigma_T, generator)`` gives x_T.
-    Returns (x_T, result, sigma_T, scheduler)."""
-    sch = CLASSES[sampler].from_config({**SD, "use_karras_sigmas": karras})
+def gaussian_run(sampler: str | type, steps: int, eta: float, start, karras: bool = True, seed: int = 0):
+    """Sample the Gaussian with the scheduler (a name in CLASSES, or a scheduler class) as the engine drives it.
+    ``start(sigma_T, generator)`` gives x_T. Returns (x_T, result, sigma_T, scheduler)."""
+    cls = CLASSES[sampler] if isinstance(sampler, str) else sampler
+    sch = cls.from_config({**SD, "use_karras_sigmas": karras})
     sch.eta = eta
     sch.set_timesteps(steps)
     log_sigmas = np.log(((1 - sch.alphas_cumprod.double()) / sch.alphas_cumprod.double()).sqrt().numpy())
@@ -263,18 +264,14 @@ def test_cfg_below_one_mixes_towards_the_negative_prompt(engine):
 def test_euler_a_with_eta_follows_the_ode_at_zero_and_keeps_the_distribution():
     """Euler a with an eta other than 1 (diffusers' has none): at 0 it is Euler, which converges on the exact
     ODE; at 0.5 the samples keep the data's distribution (given the steps a first-order method needs)."""
-    CLASSES["Euler a (eta)"] = ks.EulerAncestralEtaScheduler
-    try:
-        errors = []
-        for n in (10, 20, 40):
-            x_t, x, sigma_t, _ = gaussian_run("Euler a (eta)", n, 0.0, _plain_noise())
-            errors.append(float((x - (MU + S / math.sqrt(S ** 2 + sigma_t ** 2) * (x_t - MU))).abs().max()))
-        assert errors[0] > errors[1] > errors[2] and errors[2] < 0.1   # first order: about half per doubling
-        # a first-order method: its spread is still 0.45 at 20 steps, 0.48 at 40, 0.495 at 80
-        _, x, _, _ = gaussian_run("Euler a (eta)", 80, 0.5, _matched_noise(), seed=9)
-        assert abs(float(x.mean()) - MU) < 0.04 and abs(float(x.std()) - S) < 0.04
-    finally:
-        del CLASSES["Euler a (eta)"]
+    errors = []
+    for n in (10, 20, 40):
+        x_t, x, sigma_t, _ = gaussian_run(ks.EulerAncestralEtaScheduler, n, 0.0, _plain_noise())
+        errors.append(float((x - (MU + S / math.sqrt(S ** 2 + sigma_t ** 2) * (x_t - MU))).abs().max()))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.1   # first order: about half per doubling
+    # a first-order method: its spread is still 0.45 at 20 steps, 0.48 at 40, 0.495 at 80
+    _, x, _, _ = gaussian_run(ks.EulerAncestralEtaScheduler, 80, 0.5, _matched_noise(), seed=9)
+    assert abs(float(x.mean()) - MU) < 0.04 and abs(float(x.std()) - S) < 0.04
 
 
 @needs_model
@@ -292,26 +289,22 @@ def test_dpm2_a_with_eta_follows_the_ode_at_zero_and_keeps_the_distribution():
     """DPM2 a with an eta other than 1 (diffusers' has none): at 0 it is DPM2, a second-order method (the error
     falls about four-fold per doubling of steps); at 0.5 the samples keep the data's distribution. Its schedule is
     made for one step more with the next-to-last sigma dropped, as A1111's DPM2 samplers'."""
-    CLASSES["DPM2 a (eta)"] = ks.DPM2AncestralEtaScheduler
-    try:
-        errors = []
-        for n in (10, 20, 40):
-            x_t, x, sigma_t, sch = gaussian_run("DPM2 a (eta)", n, 0.0, _plain_noise())
-            assert len(sch._base) == n + 1 and len(sch.timesteps) == 2 * n - 1     # a midpoint but on the last
-            # the exact ODE down to the last sigma, then (as k-diffusion's DPM2) one Euler step to zero
-            last = sch._base[-2]
-            x_last = MU + math.sqrt(S ** 2 + last ** 2) / math.sqrt(S ** 2 + sigma_t ** 2) * (x_t - MU)
-            errors.append(float((x - (MU + S ** 2 / (S ** 2 + last ** 2) * (x_last - MU))).abs().max()))
-        assert errors[0] > 3 * errors[1] > 9 * errors[2] and errors[2] < 0.005, errors   # 0.037, 0.010, 0.0027
-        _, x, _, _ = gaussian_run("DPM2 a (eta)", 20, 0.5, _matched_noise(), seed=9)
-        assert abs(float(x.mean()) - MU) < 0.04 and abs(float(x.std()) - S) < 0.04
-        full = ks.DPM2AncestralEtaScheduler.from_config({**SD, "use_karras_sigmas": True})
-        full.set_timesteps(5)
-        plain = ks.EulerAncestralEtaScheduler.from_config({**SD, "use_karras_sigmas": True})
-        plain.set_timesteps(6)
-        assert full._base == [float(s) for s in plain.sigmas[:-2]] + [0.0]
-    finally:
-        del CLASSES["DPM2 a (eta)"]
+    errors = []
+    for n in (10, 20, 40):
+        x_t, x, sigma_t, sch = gaussian_run(ks.DPM2AncestralEtaScheduler, n, 0.0, _plain_noise())
+        assert len(sch._base) == n + 1 and len(sch.timesteps) == 2 * n - 1     # a midpoint but on the last
+        # the exact ODE down to the last sigma, then (as k-diffusion's DPM2) one Euler step to zero
+        last = sch._base[-2]
+        x_last = MU + math.sqrt(S ** 2 + last ** 2) / math.sqrt(S ** 2 + sigma_t ** 2) * (x_t - MU)
+        errors.append(float((x - (MU + S ** 2 / (S ** 2 + last ** 2) * (x_last - MU))).abs().max()))
+    assert errors[0] > 3 * errors[1] > 9 * errors[2] and errors[2] < 0.005, errors   # 0.037, 0.010, 0.0027
+    _, x, _, _ = gaussian_run(ks.DPM2AncestralEtaScheduler, 20, 0.5, _matched_noise(), seed=9)
+    assert abs(float(x.mean()) - MU) < 0.04 and abs(float(x.std()) - S) < 0.04
+    full = ks.DPM2AncestralEtaScheduler.from_config({**SD, "use_karras_sigmas": True})
+    full.set_timesteps(5)
+    plain = ks.EulerAncestralEtaScheduler.from_config({**SD, "use_karras_sigmas": True})
+    plain.set_timesteps(6)
+    assert full._base == [float(s) for s in plain.sigmas[:-2]] + [0.0]
 
 
 @needs_model

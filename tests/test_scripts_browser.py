@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from output_files import newest_new_png, pngs
-from page_helpers import pick_checkpoint
+from page_helpers import pick_checkpoint, set_number
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,16 +30,10 @@ def page(server):
         browser.close()
 
 
-def set_number(page, selector: str, value) -> None:
-    box = page.locator(f"{selector} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-
-
 def test_xyz_tab_makes_a_labelled_grid(page, data_dir):
     page.get_by_role("tab", name="X/Y/Z plot").click()
     for eid, v in (("xyz_plot_steps", 2), ("xyz_plot_width", 64), ("xyz_plot_height", 64), ("xyz_plot_seed", 77)):
-        set_number(page, f"#{eid}", v)
+        set_number(page, eid, v)
     page.locator("#xyz_plot_prompt textarea").fill("a red circle")
     page.locator("#xyz_plot_x_values textarea, #xyz_plot_x_values input").first.fill("1, 2, 3")
     before = pngs(data_dir / "outputs" / "txt2img-grids")
@@ -56,7 +50,7 @@ def test_xyz_tab_makes_a_labelled_grid(page, data_dir):
 def test_script_dropdown_runs_prompt_matrix(page, data_dir):
     page.get_by_role("tab", name="txt2img").first.click()
     for eid, v in (("txt2img_steps", 2), ("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_seed", 5)):
-        set_number(page, f"#{eid}", v)
+        set_number(page, eid, v)
     page.locator("#tab_txt2img #script_list input").click()
     page.get_by_role("option", name="Prompt matrix", exact=True).click()
     page.wait_for_selector("#script_txt2img_prompt_matrix_put_at_start", state="visible")

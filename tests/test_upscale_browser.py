@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from output_files import newest_new_png, pngs
-from page_helpers import pick_checkpoint
+from page_helpers import pick_checkpoint, set_number
 from PIL import Image, ImageDraw
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,12 +29,6 @@ def page(server):
         pg.wait_for_selector("#txt2img_prompt textarea")
         yield pg
         browser.close()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def choose(page, elem_id: str, option: str) -> None:
